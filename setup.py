@@ -1,0 +1,14 @@
+# setuptools takes `cffi_modules` and C extensions from setup() alone; everything else about
+# the package lives in pyproject.toml.
+from setuptools import Extension, setup
+
+setup(
+    cffi_modules=["src/aiopmem/_ffi/_build.py:ffibuilder"],
+    ext_modules=[
+        Extension(
+            "aiopmem._ffi._window",
+            ["src/aiopmem/_ffi/_window.c"],
+            extra_compile_args=["-O2", "-Wall"],
+        )
+    ],
+)

@@ -1,0 +1,48 @@
+"""The synchronous, thread-safe implementation. Imports ``aiopmem._ffi``, never anyio."""
+
+from ._align import ALIGNMENT
+from ._enums import Granularity, Protection, Sharing
+from ._errors import (
+    AddressUnalignedError,
+    ClosedError,
+    InvalidFileHandleError,
+    InvalidFileTypeError,
+    LengthOutOfRangeError,
+    LengthUnalignedError,
+    MappingExistsError,
+    MapRangeError,
+    NoAccessError,
+    NotSupportedError,
+    OffsetOutOfRangeError,
+    OffsetUnalignedError,
+    PmemError,
+    ReservationNotEmptyError,
+    SourceEmptyError,
+)
+from ._mapping import Mapping
+from ._reservation import Reservation, reserve
+
+__all__ = [
+    "ALIGNMENT",
+    "AddressUnalignedError",
+    "ClosedError",
+    "Granularity",
+    "InvalidFileHandleError",
+    "InvalidFileTypeError",
+    "LengthOutOfRangeError",
+    "LengthUnalignedError",
+    "MapRangeError",
+    "Mapping",
+    "MappingExistsError",
+    "NoAccessError",
+    "NotSupportedError",
+    "OffsetOutOfRangeError",
+    "OffsetUnalignedError",
+    "PmemError",
+    "Protection",
+    "Reservation",
+    "ReservationNotEmptyError",
+    "Sharing",
+    "SourceEmptyError",
+    "reserve",
+]

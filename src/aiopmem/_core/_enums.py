@@ -1,0 +1,60 @@
+"""Protection, sharing and persistence granularity of a mapping."""
+
+from __future__ import annotations
+
+import enum
+
+from .. import _ffi
+
+__all__ = ["Granularity", "Protection", "Sharing", "prot_bits"]
+
+
+class Protection(enum.Flag):
+    """Access allowed to a mapping (``mmap``'s ``PROT_*``). Combine with ``|``."""
+
+    NONE = 0
+    READ = enum.auto()
+    WRITE = enum.auto()
+    EXEC = enum.auto()
+
+
+class Sharing(enum.Enum):
+    """Whether writes reach the file and other mappings of it (``SHARED``) or stay private to
+    this mapping, copy-on-write (``PRIVATE``)."""
+
+    SHARED = 0
+    PRIVATE = 1
+
+
+class Granularity(enum.Enum):
+    """The coarsest unit that ``persist()`` guarantees to make durable.
+
+    ``BYTE``: any store is durable once it is globally visible (private and anonymous mappings,
+    whose durability is not a concern of the file). ``CACHE_LINE``: a cache-line flush suffices
+    (DAX file systems with MAP_SYNC). ``PAGE``: the page cache must be written back with msync
+    (every other shared file mapping).
+    """
+
+    BYTE = 0
+    CACHE_LINE = 1
+    PAGE = 2
+
+
+_PROT_BITS = {
+    Protection.READ: _ffi.PROT_READ,
+    Protection.WRITE: _ffi.PROT_WRITE,
+    Protection.EXEC: _ffi.PROT_EXEC,
+}
+_PROT_CACHE: dict[Protection, int] = {}
+
+
+def prot_bits(protection: Protection) -> int:
+    """The ``PROT_*`` bits for ``protection`` (cached: there are only 8 combinations)."""
+    bits = _PROT_CACHE.get(protection)
+    if bits is None:
+        bits = _ffi.PROT_NONE
+        for flag, value in _PROT_BITS.items():
+            if flag in protection:
+                bits |= value
+        _PROT_CACHE[protection] = bits
+    return bits

@@ -1,0 +1,102 @@
+"""What ``map_file`` maps: a path, a file descriptor or an object with ``fileno()``, resolved
+to an open descriptor with its size (validation step 1 of the contract).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Final, final
+
+from .. import _ffi
+from ._errors import InvalidFileHandleError, InvalidFileTypeError, NoAccessError
+
+__all__ = ["Source", "open_source"]
+
+_FD_MAX: Final = 2**31 - 1
+
+
+@final
+class Source:
+    """An open file ready to be mapped. ``owned``: the descriptor was opened here (from a path)
+    and must be closed once the mapping is made."""
+
+    __slots__ = ("dev", "fd", "name", "owned", "size")
+
+    def __init__(self, fd: int, owned: bool, size: int, dev: int, name: str) -> None:
+        self.fd = fd
+        self.owned = owned
+        self.size = size
+        self.dev = dev
+        self.name = name
+
+    def close(self) -> None:
+        if self.owned:
+            self.owned = False
+            os.close(self.fd)
+
+
+def _check_fd(fd: int, name: str, owned: bool) -> Source:
+    try:
+        info = _ffi.fdinfo(fd)
+    except OSError as exc:
+        if owned:
+            os.close(fd)
+        if exc.errno == errno.EBADF:
+            raise InvalidFileHandleError(f"file descriptor {fd} is not open") from None
+        raise
+    accmode = info.flags & _ffi.O_ACCMODE
+    problem: Exception | None = None
+    if info.flags & _ffi.O_PATH:
+        problem = InvalidFileHandleError(f"file descriptor {fd} is an O_PATH descriptor")
+    elif accmode == _ffi.O_WRONLY:
+        problem = InvalidFileHandleError(f"file descriptor {fd} is open write-only")
+    elif not stat.S_ISREG(info.mode):
+        kind = "a directory" if stat.S_ISDIR(info.mode) else "not a regular file"
+        problem = InvalidFileTypeError(f"{name} is {kind}")
+    if problem is not None:
+        if owned:
+            os.close(fd)
+        raise problem
+    return Source(fd, owned, info.size, info.dev, name)
+
+
+def open_source(file: object, writable: bool) -> Source:
+    """Resolve ``file`` (path, descriptor or ``fileno()`` object) to an open, mappable file.
+
+    A path is opened read-write when ``writable`` (a shared mapping with WRITE), read-only
+    otherwise, always with O_CLOEXEC; O_NONBLOCK keeps the open of a FIFO from blocking (a FIFO
+    is then refused as not a regular file).
+    """
+    if isinstance(file, bool):
+        raise TypeError("file must be a path, a file descriptor or have fileno(), not bool")
+    if isinstance(file, int):
+        if file < 0 or file > _FD_MAX:
+            raise InvalidFileHandleError(f"{file} is not a valid file descriptor")
+        return _check_fd(file, f"file descriptor {file}", owned=False)
+    if isinstance(file, (str, bytes, os.PathLike)):
+        path = os.fspath(file)
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
+        try:
+            fd = _ffi.open_path(path, flags)
+        except IsADirectoryError:
+            raise InvalidFileTypeError(f"{path!r} is a directory") from None
+        except PermissionError as exc:
+            raise NoAccessError(f"cannot open {path!r}: {exc.strerror}") from None
+        return _check_fd(fd, repr(path) if isinstance(path, bytes) else path, owned=True)
+    fileno = getattr(file, "fileno", None)
+    if fileno is None:
+        raise TypeError(
+            f"file must be a path, a file descriptor or have fileno(), not {type(file).__name__}"
+        )
+    try:
+        fd = fileno()
+    except (ValueError, OSError) as exc:
+        raise InvalidFileHandleError(f"{file!r} has no usable file descriptor: {exc}") from None
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"fileno() returned {type(fd).__name__}, not int")
+    if fd < 0 or fd > _FD_MAX:
+        raise InvalidFileHandleError(f"fileno() returned {fd}, not a valid file descriptor")
+    name = getattr(file, "name", None)
+    return _check_fd(fd, name if isinstance(name, str) else f"file descriptor {fd}", owned=False)

@@ -1,0 +1,176 @@
+"""Typed wrappers over the compiled cffi module: the only importer of the compiled modules
+(``aiopmem._ffi._lib`` from cffi, ``aiopmem._ffi._window``, the buffer exporter).
+
+Every wrapper raises ``OSError`` with the errno of the failing call (read in C right after it)
+and passes through the injection seam of ``aiopmem.testing`` first. EINTR, real or injected,
+is retried: none of these calls has a partial effect when interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from errno import EINTR
+from typing import Final
+
+from . import _inject
+from ._lib import ffi, lib
+from ._window import Window
+
+__all__ = [
+    "MAP_ANONYMOUS",
+    "MAP_FIXED",
+    "MAP_FIXED_NOREPLACE",
+    "MAP_NORESERVE",
+    "MAP_PRIVATE",
+    "MAP_SHARED",
+    "MAP_SHARED_VALIDATE",
+    "MAP_SYNC",
+    "MS_SYNC",
+    "O_ACCMODE",
+    "O_PATH",
+    "O_WRONLY",
+    "PAGE_SIZE",
+    "PROT_EXEC",
+    "PROT_NONE",
+    "PROT_READ",
+    "PROT_WRITE",
+    "FdInfo",
+    "Window",
+    "fdinfo",
+    "madvise",
+    "mmap_anywhere",
+    "mmap_fixed",
+    "msync",
+    "munmap",
+    "open_path",
+]
+
+PAGE_SIZE: Final[int] = int(lib.ap_page_size())
+
+PROT_NONE: Final[int] = lib.PROT_NONE
+PROT_READ: Final[int] = lib.PROT_READ
+PROT_WRITE: Final[int] = lib.PROT_WRITE
+PROT_EXEC: Final[int] = lib.PROT_EXEC
+MAP_SHARED: Final[int] = lib.MAP_SHARED
+MAP_PRIVATE: Final[int] = lib.MAP_PRIVATE
+MAP_SHARED_VALIDATE: Final[int] = lib.MAP_SHARED_VALIDATE
+MAP_ANONYMOUS: Final[int] = lib.MAP_ANONYMOUS
+MAP_FIXED: Final[int] = lib.MAP_FIXED
+MAP_FIXED_NOREPLACE: Final[int] = lib.MAP_FIXED_NOREPLACE
+MAP_NORESERVE: Final[int] = lib.MAP_NORESERVE
+MAP_SYNC: Final[int] = lib.MAP_SYNC
+MS_SYNC: Final[int] = lib.MS_SYNC
+O_ACCMODE: Final[int] = lib.O_ACCMODE
+O_WRONLY: Final[int] = lib.O_WRONLY
+O_PATH: Final[int] = lib.O_PATH
+
+_ACTIVE = _inject.ACTIVE
+_intercept = _inject.intercept
+_strerror = os.strerror
+
+# Largest values the C prototypes accept; callers validate before, this is the last guard.
+_SIZE_MAX: Final = 2**64 - 1
+_OFF_MAX: Final = 2**63 - 1
+
+
+def _fail(err: int) -> OSError:
+    return OSError(err, _strerror(err))
+
+
+def mmap_fixed(
+    addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
+) -> None:
+    """mmap exactly at ``addr`` (``flags`` carries MAP_FIXED or MAP_FIXED_NOREPLACE)."""
+    while True:
+        if _ACTIVE and _intercept("mmap"):
+            continue
+        err = lib.ap_mmap_fixed(addr, length, prot, flags, fd, offset)
+        if not err:
+            return
+        if err != EINTR:
+            raise _fail(err)
+
+
+def mmap_anywhere(length: int, prot: int, flags: int) -> int:
+    """mmap an anonymous range where the kernel chooses; returns its address."""
+    err = ffi.new("int *")
+    while True:
+        if _ACTIVE and _intercept("mmap"):
+            continue
+        addr = int(lib.ap_mmap_anywhere(length, prot, flags, err))
+        if not err[0]:
+            return addr
+        if err[0] != EINTR:
+            raise _fail(err[0])
+
+
+def munmap(addr: int, length: int) -> None:
+    while True:
+        if _ACTIVE and _intercept("munmap"):
+            continue
+        err = lib.ap_munmap(addr, length)
+        if not err:
+            return
+        if err != EINTR:
+            raise _fail(err)
+
+
+def msync(addr: int, length: int, flags: int) -> None:
+    while True:
+        if _ACTIVE and _intercept("msync"):
+            continue
+        err = lib.ap_msync(addr, length, flags)
+        if not err:
+            return
+        if err != EINTR:
+            raise _fail(err)
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    while True:
+        if _ACTIVE and _intercept("madvise"):
+            continue
+        err = lib.ap_madvise(addr, length, advice)
+        if not err:
+            return
+        if err != EINTR:
+            raise _fail(err)
+
+
+class FdInfo:
+    """What ``fdinfo`` reads of a descriptor: size, device, mode bits and open flags."""
+
+    __slots__ = ("dev", "flags", "mode", "size")
+
+    def __init__(self, size: int, dev: int, mode: int, flags: int) -> None:
+        self.size = size
+        self.dev = dev
+        self.mode = mode
+        self.flags = flags
+
+
+_tls = threading.local()
+
+
+def fdinfo(fd: int) -> FdInfo:
+    """fcntl(F_GETFL) + fstat of ``fd`` in one call into C."""
+    while _ACTIVE and _intercept("fstat"):
+        pass
+    try:
+        out = _tls.fdinfo
+    except AttributeError:
+        out = _tls.fdinfo = ffi.new("struct ap_fdinfo *")
+    err = lib.ap_fdinfo(fd, out)
+    while err == EINTR:
+        err = lib.ap_fdinfo(fd, out)
+    if err:
+        raise _fail(err)
+    return FdInfo(out.size, out.dev, out.mode, out.flags)
+
+
+def open_path(path: str | bytes, flags: int) -> int:
+    """open(2) of a path, close-on-exec always."""
+    while _ACTIVE and _intercept("open"):
+        pass
+    return os.open(path, flags | os.O_CLOEXEC)

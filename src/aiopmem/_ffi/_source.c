@@ -1,0 +1,93 @@
+/* Thin C helpers behind aiopmem._ffi. Each returns 0 or an errno value, read right after the
+   failing call, so Python never has to consult a thread's errno later. Pointers travel as
+   uintptr_t: Python ints convert to them without building cdata objects on the hot path. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Headers older than the kernel feature: the values are the Linux ABI's. */
+#ifndef MAP_SHARED_VALIDATE
+#define MAP_SHARED_VALIDATE 0x03
+#endif
+#ifndef MAP_SYNC
+#define MAP_SYNC 0x80000
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef O_PATH
+#define O_PATH 010000000
+#endif
+
+struct ap_fdinfo {
+    int64_t size;
+    uint64_t dev;
+    unsigned int mode;
+    int flags;
+};
+
+static long ap_page_size(void)
+{
+    return sysconf(_SC_PAGESIZE);
+}
+
+/* Map exactly at addr. Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat addr as a hint:
+   a mapping placed anywhere else is undone and reported as EEXIST, never kept. */
+static int ap_mmap_fixed(uintptr_t addr, size_t length, int prot, int flags, int fd,
+                         int64_t offset)
+{
+    void *p = mmap((void *)addr, length, prot, flags, fd, (off_t)offset);
+    if (p == MAP_FAILED)
+        return errno;
+    if ((uintptr_t)p != addr) {
+        munmap(p, length);
+        return EEXIST;
+    }
+    return 0;
+}
+
+static uintptr_t ap_mmap_anywhere(size_t length, int prot, int flags, int *err)
+{
+    void *p = mmap(NULL, length, prot, flags, -1, 0);
+    if (p == MAP_FAILED) {
+        *err = errno;
+        return 0;
+    }
+    *err = 0;
+    return (uintptr_t)p;
+}
+
+static int ap_munmap(uintptr_t addr, size_t length)
+{
+    return munmap((void *)addr, length) ? errno : 0;
+}
+
+static int ap_msync(uintptr_t addr, size_t length, int flags)
+{
+    return msync((void *)addr, length, flags) ? errno : 0;
+}
+
+static int ap_madvise(uintptr_t addr, size_t length, int advice)
+{
+    return madvise((void *)addr, length, advice) ? errno : 0;
+}
+
+/* Access mode (fcntl F_GETFL) and fstat in one crossing from Python. */
+static int ap_fdinfo(int fd, struct ap_fdinfo *out)
+{
+    struct stat st;
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0)
+        return errno;
+    if (fstat(fd, &st))
+        return errno;
+    out->size = (int64_t)st.st_size;
+    out->dev = (uint64_t)st.st_dev;
+    out->mode = (unsigned int)st.st_mode;
+    out->flags = flags;
+    return 0;
+}

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernel import open_fds
+
+MiB = 1 << 20
+S = 16 * MiB  # the file size of libpmem2's reservation test catalogue
+
+
+def make_file(path: Path, size: int, fill: bytes | None = None) -> Path:
+    """A file of ``size`` bytes: holey (sparse) unless ``fill`` is given."""
+    with open(path, "wb") as f:
+        if fill is None:
+            f.truncate(size)
+        else:
+            f.write((fill * (size // len(fill) + 1))[:size])
+    return path
+
+
+@pytest.fixture
+def holey_file(tmp_path: Path) -> Path:
+    """libpmem2's test file: 16 MiB, holey."""
+    return make_file(tmp_path / "testfile", S)
+
+
+@pytest.fixture
+def fd_guard() -> Iterator[None]:
+    """Fails the test if it leaves a file descriptor open."""
+    gc.collect()
+    before = open_fds()
+    yield
+    gc.collect()
+    leaked = open_fds() - before
+    assert not leaked, f"leaked fds: {sorted(leaked)} -> " + ", ".join(
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in sorted(leaked)
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    )

@@ -1,0 +1,111 @@
+"""The kernel's view of the address space, read from /proc/self/maps: the ground truth the
+tests check the library's state against. Independent of aiopmem's own parser on purpose."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+PAGE = os.sysconf("SC_PAGESIZE")
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    perms: str
+    offset: int
+    dev: str
+    inode: int
+    path: str
+
+
+def vmas() -> list[Vma]:
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            path = parts[5].strip() if len(parts) > 5 else ""
+            out.append(Vma(lo, hi, parts[1], int(parts[2], 16), parts[3], int(parts[4]), path))
+    return out
+
+
+def vmas_in(start: int, end: int) -> list[Vma]:
+    """VMAs intersecting [start, end)."""
+    return [v for v in vmas() if v.end > start and v.start < end]
+
+
+def is_free(start: int, end: int) -> bool:
+    """Nothing at all is mapped in [start, end)."""
+    return not vmas_in(start, end)
+
+
+def is_placeholder(v: Vma) -> bool:
+    return v.perms == "---p" and v.inode == 0 and v.path == ""
+
+
+def coverage(start: int, end: int) -> list[tuple[int, int, Vma]]:
+    """[start, end) cut into pieces by VMA; asserts there is no hole."""
+    pieces = []
+    pos = start
+    for v in sorted(vmas_in(start, end), key=lambda v: v.start):
+        assert v.start <= pos, f"hole in [{pos:#x}, {v.start:#x})"
+        hi = min(v.end, end)
+        pieces.append((pos, hi, v))
+        pos = hi
+    assert pos >= end, f"hole in [{pos:#x}, {end:#x})"
+    return pieces
+
+
+def expected_perms(m: object) -> str:
+    from aiopmem.sync import Protection, Sharing
+
+    prot = m.protection  # type: ignore[attr-defined]
+    return (
+        ("r" if Protection.READ in prot else "-")
+        + ("w" if Protection.WRITE in prot else "-")
+        + ("x" if Protection.EXEC in prot else "-")
+        + ("s" if m.sharing is Sharing.SHARED else "p")  # type: ignore[attr-defined]
+    )
+
+
+def assert_matches_kernel(rsv: object) -> None:
+    """Every byte the reservation holds is, in the kernel's view, either a placeholder or the
+    mapping the library says is there (permissions, file and file offset); a closed reservation
+    holds nothing: its last range is free or belongs to something else."""
+    held_start = rsv.address  # type: ignore[attr-defined]
+    held_end = held_start + rsv.max_size  # type: ignore[attr-defined]
+    if rsv.closed:  # type: ignore[attr-defined]
+        return
+    mappings = rsv.mappings()  # type: ignore[attr-defined]
+    segments: list[tuple[int, int, object | None]] = []
+    pos = held_start
+    for m in mappings:
+        span = -(-m.size // PAGE) * PAGE
+        if m.address > pos:
+            segments.append((pos, m.address, None))
+        segments.append((m.address, m.address + span, m))
+        pos = m.address + span
+    if pos < held_end:
+        segments.append((pos, held_end, None))
+    holes = getattr(rsv, "holes", [])
+    for lo, hi, m in segments:
+        for a, b, v in coverage(lo, hi):
+            if m is None:
+                if any(h0 <= a - held_start < h1 for h0, h1 in holes):
+                    continue
+                assert is_placeholder(v), f"[{a:#x}, {b:#x}) should be a placeholder, is {v}"
+            else:
+                assert v.perms == expected_perms(m), (m, v)
+                if m.file is None:  # type: ignore[attr-defined]
+                    assert v.inode == 0 or v.path.startswith("/dev/zero"), (m, v)
+                else:
+                    st = os.stat(m.file) if os.path.exists(m.file) else None  # type: ignore[attr-defined]
+                    if st is not None:
+                        assert v.inode == st.st_ino, (m, v)
+                    assert v.offset + (a - v.start) == m.file_offset + (a - m.address), (m, v)  # type: ignore[attr-defined]
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
