@@ -42,3 +42,15 @@ def fd_guard() -> Iterator[None]:
         for fd in sorted(leaked)
         if os.path.exists(f"/proc/self/fd/{fd}")
     )
+
+
+# Every async test runs on asyncio, asyncio+uvloop and trio through anyio's pytest plugin.
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]

@@ -109,3 +109,16 @@ def assert_matches_kernel(rsv: object) -> None:
 
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+def quiet_address(length: int) -> int:
+    """A free address far below where the kernel places new mappings (top-down from near the
+    top of the user address space), so that the space around it stays free during a test: a
+    reservation there can be extended past its max_size for sure."""
+    import random
+
+    for _ in range(100):
+        addr = random.randrange(0x100000000000, 0x300000000000, 1 << 30)
+        if is_free(addr - (1 << 30), addr + length + (1 << 30)):
+            return addr
+    raise AssertionError("no quiet address found")

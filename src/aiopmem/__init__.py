@@ -8,7 +8,7 @@ asyncio+uvloop, trio); ``aiopmem.sync`` is the same API, blocking and thread-saf
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._core import (
     ALIGNMENT,
@@ -32,6 +32,9 @@ from ._core import (
     SourceEmptyError,
 )
 
+if TYPE_CHECKING:
+    from ._async import Mapping, Reservation, reserve
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "LengthOutOfRangeError",
     "LengthUnalignedError",
     "MapRangeError",
+    "Mapping",
     "MappingExistsError",
     "NoAccessError",
     "NotSupportedError",
@@ -51,12 +55,14 @@ __all__ = [
     "OffsetUnalignedError",
     "PmemError",
     "Protection",
+    "Reservation",
     "ReservationNotEmptyError",
     "Sharing",
     "SourceEmptyError",
+    "reserve",
 ]
 
-_ASYNC_NAMES: frozenset[str] = frozenset()
+_ASYNC_NAMES = frozenset({"Mapping", "Reservation", "reserve"})
 
 
 def __getattr__(name: str) -> Any:

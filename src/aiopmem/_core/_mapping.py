@@ -9,7 +9,6 @@ buffer is still exported, so no Python object can reach unmapped memory.
 
 from __future__ import annotations
 
-import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, final
 
@@ -92,7 +91,7 @@ class Mapping(metaclass=NoPublicConstructor):
         self._pins = 0
         self._window: _ffi.Window | None = None
         #: The async layer's object for this mapping (set by it, opaque here).
-        self._facade: weakref.ref[object] | None = None
+        self._facade: object | None = None
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 

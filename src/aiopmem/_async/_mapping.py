@@ -1,0 +1,186 @@
+"""The async ``Mapping``: the core mapping's attributes and ``view()`` as they are, ``persist()``
+and ``unmap()`` as coroutines run in a worker thread."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, final
+
+import anyio
+import anyio.lowlevel
+
+from .._core import ClosedError, Granularity, Protection, Sharing
+from .._core import Mapping as CoreMapping
+from .._core._construct import NoPublicConstructor
+from ._dispatch import run_blocking
+from ._gate import Signal
+
+if TYPE_CHECKING:
+    from ._reservation import Reservation
+
+__all__ = ["Mapping"]
+
+
+@final
+class Mapping(Signal, metaclass=NoPublicConstructor):
+    """A file region or anonymous memory mapped into a reservation (async API).
+
+    Made by ``await rsv.map_file(...)`` / ``await rsv.map_anonymous(...)``. Attributes and
+    ``view()`` are plain and never block; ``persist()`` and ``unmap()`` (alias ``aclose()``,
+    or leaving ``async with``) run their syscall in a worker thread.
+    """
+
+    __slots__ = ("_core", "_pins", "_rsv", "_unmapping")
+
+    def __init__(self, core: CoreMapping, rsv: Reservation) -> None:
+        super().__init__()
+        self._core = core
+        self._rsv = rsv
+        #: persist() calls in flight; unmap() waits for them on the event loop, not in a worker.
+        self._pins = 0
+        self._unmapping = False
+
+    # -- attributes (plain, non-blocking) ----------------------------------------------------
+
+    @property
+    def address(self) -> int:
+        """Absolute address of the first mapped byte (never changes)."""
+        return self._core.address
+
+    @property
+    def size(self) -> int:
+        """Bytes mapped (the length asked for; the last page may be partial)."""
+        return self._core.size
+
+    @property
+    def offset(self) -> int:
+        """Current offset inside the reservation (drops when its front is shrunk)."""
+        return self._core.offset
+
+    @property
+    def reservation(self) -> Reservation:
+        return self._rsv
+
+    @property
+    def file_offset(self) -> int:
+        """Offset in the file of the first mapped byte (0 for anonymous mappings)."""
+        return self._core.file_offset
+
+    @property
+    def file(self) -> str | None:
+        """What was mapped: the path, ``"file descriptor N"``, or None for anonymous memory."""
+        return self._core.file
+
+    @property
+    def protection(self) -> Protection:
+        return self._core.protection
+
+    @property
+    def sharing(self) -> Sharing:
+        return self._core.sharing
+
+    @property
+    def granularity(self) -> Granularity:
+        """The coarsest store granularity ``persist()`` guarantees (see ``Granularity``)."""
+        return self._core.granularity
+
+    @property
+    def closed(self) -> bool:
+        """True once unmapped (by ``unmap()`` or by closing the reservation)."""
+        return self._core.closed
+
+    @property
+    def sync(self) -> CoreMapping:
+        """The same mapping in the blocking API (``aiopmem.sync.Mapping``), for threads."""
+        return self._core
+
+    def __repr__(self) -> str:
+        return repr(self._core)
+
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A memoryview of ``[offset, offset+length)`` of the mapped bytes; plain and
+        non-blocking (no syscall). See ``aiopmem.sync.Mapping.view`` for the rules: read-only
+        without WRITE, ``BufferError`` on unmap while any view or object built on one lives.
+
+        Raises:
+            TypeError, ClosedError, NoAccessError, OffsetOutOfRangeError, LengthOutOfRangeError.
+        """
+        return self._core.view(offset, length)
+
+    # -- blocking operations -------------------------------------------------------------------
+
+    async def persist(self, offset: int = 0, length: int | None = None) -> None:
+        """Make ``[offset, offset+length)`` durable (msync MS_SYNC of the covering pages) from
+        a worker thread; returns once the data is on stable storage for shared file mappings.
+
+        Cancellation: a caller cancelled while waiting for its turn (an extend or shrink of the
+        reservation in flight) starts nothing. Once the msync runs it completes, and the
+        cancellation is delivered when it returns.
+
+        Raises:
+            TypeError, ClosedError (also while an unmap is in flight), OffsetOutOfRangeError,
+            LengthOutOfRangeError, OSError (e.g. EIO).
+        """
+        if self._unmapping:
+            raise ClosedError("the mapping is being unmapped")
+        gate = self._rsv._gate
+        self._pins += 1
+        try:
+            await gate.enter_shared()
+            try:
+                await run_blocking(self._core.persist, offset, length)
+            finally:
+                gate.leave_shared()
+        finally:
+            self._pins -= 1
+            if not self._pins:
+                self._notify()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def unmap(self) -> None:
+        """Unmap from a worker thread: the range becomes an inaccessible placeholder of the
+        reservation again (never a hole). Idempotent; waits for ``persist()`` calls in flight.
+
+        Cancellation: runs to the end even when the calling task is cancelled (shielded); the
+        cancellation is delivered when it returns.
+
+        Raises:
+            BufferError: a view (or an object built on one) is still alive; nothing changed.
+            OSError: the kernel refused; nothing changed.
+        """
+        with anyio.CancelScope(shield=True):
+            await self._unmap_shielded()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _unmap_shielded(self) -> None:
+        core = self._core
+        while self._unmapping or self._pins:
+            if core.closed:
+                return
+            await self._wait()
+        if core.closed:
+            return
+        self._unmapping = True
+        gate = self._rsv._gate
+        try:
+            await gate.enter_shared()
+            try:
+                await run_blocking(core.unmap)
+            finally:
+                gate.leave_shared()
+        finally:
+            self._unmapping = False
+            self._notify()
+
+    aclose = unmap
+
+    async def __aenter__(self) -> Mapping:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.unmap()

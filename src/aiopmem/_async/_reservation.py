@@ -1,0 +1,303 @@
+"""The async ``Reservation`` and ``reserve()``: the core reservation behind anyio.
+
+Ordering: maps, unmaps and persists of one reservation share its ``AsyncGate``; ``extend``,
+``shrink`` and ``aclose`` hold it exclusively. The gate is taken on the event loop before the
+worker thread is involved, so maps of disjoint ranges run concurrently in worker threads while
+a resize waits its turn without occupying a thread.
+
+Cancellation policy (each method's docstring says which case applies to it):
+- waiting for the gate is cancellable: a task cancelled there started nothing;
+- the worker's call always runs to completion and its outcome is collected;
+- a mapping or reservation made for a caller cancelled meanwhile is unmapped/closed again
+  (shielded) before the cancellation propagates: the operation did not happen;
+- extend, shrink and persist, once run, stand; the cancellation is delivered on return;
+- unmap and aclose run shielded to the end, then deliver the cancellation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from types import TracebackType
+from typing import Any, final
+
+import anyio
+import anyio.lowlevel
+
+from .. import _core
+from .._core import Protection, Sharing
+from .._core._construct import NoPublicConstructor
+from ._dispatch import run_blocking
+from ._gate import AsyncGate
+from ._mapping import Mapping
+from ._opening import Opening
+
+__all__ = ["Reservation", "reserve"]
+
+_RW = Protection.READ | Protection.WRITE
+
+
+@final
+class Reservation(metaclass=NoPublicConstructor):
+    """A range of virtual address space reserved as an inaccessible placeholder (async API).
+
+    Made by ``aiopmem.reserve()``. Any number of tasks may map into one reservation at once.
+    Lookups (``find*``, ``mappings``) and attributes are plain methods that never block and
+    never wait for a syscall in flight.
+    """
+
+    __slots__ = ("__weakref__", "_core", "_gate")
+
+    def __init__(self, core: _core.Reservation) -> None:
+        self._core = core
+        self._gate = AsyncGate()
+        core._facade = self
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> int:
+        """Address of the first usable byte (moves up when the front is shrunk)."""
+        return self._core.address
+
+    @property
+    def size(self) -> int:
+        """Usable size in bytes."""
+        return self._core.size
+
+    @property
+    def max_size(self) -> int:
+        """Size up to which ``extend()`` cannot fail for lack of room."""
+        return self._core.max_size
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """Offset ranges that could not be re-reserved after an unmap (normally empty)."""
+        return self._core.holes
+
+    @property
+    def sync(self) -> _core.Reservation:
+        """The same reservation in the blocking API (``aiopmem.sync.Reservation``), for threads
+        that share it with tasks."""
+        return self._core
+
+    def __repr__(self) -> str:
+        return repr(self._core)
+
+    # -- lookups (plain) -----------------------------------------------------------------------
+
+    def _wrap(self, core: _core.Mapping | None) -> Mapping | None:
+        if core is None:
+            return None
+        facade = core._facade
+        if facade is None:
+            facade = core._facade = Mapping._create(core, self)
+        return facade  # type: ignore[return-value]
+
+    def find(self, offset: int, length: int = 0) -> Mapping | None:
+        """The lowest mapping intersecting ``[offset, offset+length)``; with ``length == 0``
+        the mapping containing ``offset``; None if there is none."""
+        return self._wrap(self._core.find(offset, length))
+
+    def find_prev(self, mapping: Mapping) -> Mapping | None:
+        """The mapping right before ``mapping`` in address order, or None."""
+        return self._wrap(self._core.find_prev(_core_of(mapping)))
+
+    def find_next(self, mapping: Mapping) -> Mapping | None:
+        """The mapping right after ``mapping`` in address order, or None."""
+        return self._wrap(self._core.find_next(_core_of(mapping)))
+
+    def find_first(self) -> Mapping | None:
+        """The lowest mapping, or None."""
+        return self._wrap(self._core.find_first())
+
+    def find_last(self) -> Mapping | None:
+        """The highest mapping, or None."""
+        return self._wrap(self._core.find_last())
+
+    def mappings(self) -> list[Mapping]:
+        """A snapshot of the live mappings, in address order."""
+        wrap = self._wrap
+        return [wrap(m) for m in self._core.mappings()]  # type: ignore[misc]
+
+    # -- mapping -------------------------------------------------------------------------------
+
+    def map_file(
+        self,
+        file: object,
+        offset: int,
+        *,
+        length: int | None = None,
+        file_offset: int = 0,
+        protection: Protection = _RW,
+        sharing: Sharing = Sharing.SHARED,
+    ) -> Opening[Mapping]:
+        """Map ``file`` at ``offset``; await the result, or use it with ``async with``.
+
+        Arguments, placement and errors are those of ``aiopmem.sync.Reservation.map_file``.
+        Validation, opening the file, its checks and the mmap run in one worker-thread hop.
+
+        Cancellation: a caller cancelled before its turn starts nothing; a mapping made for a
+        caller cancelled meanwhile is unmapped again before the cancellation propagates, so
+        either the mapping exists and the caller has it, or it does not exist. Leaving
+        ``async with`` unmaps, shielded from cancellation.
+        """
+        return Opening(
+            partial(
+                self._map,
+                partial(
+                    self._core.map_file,
+                    file,
+                    offset,
+                    length=length,
+                    file_offset=file_offset,
+                    protection=protection,
+                    sharing=sharing,
+                ),
+            )
+        )
+
+    def map_anonymous(
+        self,
+        offset: int,
+        length: int,
+        *,
+        protection: Protection = _RW,
+        sharing: Sharing = Sharing.SHARED,
+    ) -> Opening[Mapping]:
+        """Map ``length`` bytes of zero-filled memory at ``offset``; await the result, or use it
+        with ``async with``. Errors as ``aiopmem.sync.Reservation.map_anonymous``.
+
+        Cancellation: as ``map_file``.
+        """
+        return Opening(
+            partial(
+                self._map,
+                partial(
+                    self._core.map_anonymous,
+                    offset,
+                    length,
+                    protection=protection,
+                    sharing=sharing,
+                ),
+            )
+        )
+
+    async def _map(self, call: partial[_core.Mapping]) -> Mapping:
+        gate = self._gate
+        await gate.enter_shared()
+        try:
+            core = await run_blocking(call)
+        finally:
+            gate.leave_shared()
+        mapping = self._wrap(core)
+        assert mapping is not None
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            # The caller will never receive the mapping: take it back.
+            with anyio.CancelScope(shield=True):
+                await mapping._unmap_shielded()
+            raise
+        return mapping
+
+    # -- extent ----------------------------------------------------------------------------------
+
+    async def extend(self, size: int) -> None:
+        """Grow the reservation at its end by ``size`` bytes, from a worker thread; mappings and
+        address stay put. Serialized with shrink and with in-flight maps and unmaps. Errors as
+        ``aiopmem.sync.Reservation.extend``.
+
+        Cancellation: a caller cancelled while waiting for its turn starts nothing; once the
+        extend runs it completes (its effect stands) and the cancellation is delivered on return.
+        """
+        gate = self._gate
+        await gate.enter_exclusive()
+        try:
+            await run_blocking(self._core.extend, size)
+        finally:
+            gate.leave_exclusive()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def shrink(self, offset: int, size: int) -> None:
+        """Remove ``[offset, offset+size)`` at the beginning or the end, from a worker thread.
+        Serialized with extend and with in-flight maps and unmaps. Errors (in libpmem2's order)
+        as ``aiopmem.sync.Reservation.shrink``.
+
+        Cancellation: as ``extend``.
+        """
+        gate = self._gate
+        await gate.enter_exclusive()
+        try:
+            await run_blocking(self._core.shrink, offset, size)
+        finally:
+            gate.leave_exclusive()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def aclose(self) -> None:
+        """Unmap every mapping and release all the address space (headroom included), from a
+        worker thread, once in-flight operations are done. Idempotent.
+
+        Cancellation: runs to the end even when the calling task is cancelled (shielded); the
+        cancellation is delivered when it returns.
+
+        Raises:
+            BufferError: a view of some mapping is still alive; nothing is changed.
+            OSError: the kernel refused; nothing is changed.
+        """
+        with anyio.CancelScope(shield=True):
+            if not self._core.closed:
+                gate = self._gate
+                await gate.enter_exclusive()
+                try:
+                    await run_blocking(self._core.close)
+                finally:
+                    gate.leave_exclusive()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def __aenter__(self) -> Reservation:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _core_of(mapping: object) -> Any:
+    if isinstance(mapping, Mapping):
+        return mapping._core
+    raise TypeError(f"expected an aiopmem.Mapping, not {type(mapping).__name__}")
+
+
+def reserve(
+    size: int, *, address: int | None = None, max_size: int | None = None
+) -> Opening[Reservation]:
+    """Reserve ``size`` bytes of address space as an inaccessible placeholder.
+
+    Use as ``async with aiopmem.reserve(size) as rsv:`` or ``rsv = await aiopmem.reserve(size)``
+    (then ``await rsv.aclose()``). Arguments, validation order and errors are those of
+    ``aiopmem.sync.reserve``; the mmap runs in a worker thread.
+
+    Cancellation: a caller cancelled before the call starts gets nothing; a reservation made for
+    a caller cancelled meanwhile is closed again before the cancellation propagates.
+    """
+    return Opening(partial(_reserve, size, address, max_size))
+
+
+async def _reserve(size: int, address: int | None, max_size: int | None) -> Reservation:
+    core = await run_blocking(partial(_core.reserve, size, address=address, max_size=max_size))
+    rsv = Reservation._create(core)
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run_blocking(core.close)
+        raise
+    return rsv

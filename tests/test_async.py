@@ -1,0 +1,531 @@
+"""The async API on asyncio, asyncio+uvloop and trio: forms, no stall, concurrency, cancellation
+at every point, injected errors. Kernel state is checked through /proc/self/maps and fds
+through /proc/self/fd after each scenario."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import inspect
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import aiopmem
+import aiopmem.sync
+import kernel
+from aiopmem._async import _reservation as async_reservation_module
+from aiopmem.testing import inject
+
+pytestmark = pytest.mark.anyio
+
+A = aiopmem.ALIGNMENT
+MiB = 1 << 20
+
+
+def held_range(rsv: aiopmem.Reservation) -> tuple[int, int]:
+    return rsv.address, rsv.address + rsv.max_size
+
+
+@asynccontextmanager
+async def checked_reservation(size: int = 64 * MiB) -> AsyncIterator[aiopmem.Reservation]:
+    """A reservation whose kernel view is checked on the way out, and which must leave no fd
+    and no byte of address space behind once closed."""
+    fds = kernel.open_fds()
+    rsv = await aiopmem.reserve(size)
+    try:
+        yield rsv
+        kernel.assert_matches_kernel(rsv)
+    finally:
+        start, end = held_range(rsv)  # after any front shrink
+        await rsv.aclose()
+    assert kernel.is_free(start, end)
+    assert kernel.open_fds() <= fds
+
+
+# -- the forms of the API ------------------------------------------------------------------------
+
+
+async def test_reserve_forms(holey_file: Path) -> None:
+    opening = aiopmem.reserve(16 * MiB)
+    assert isinstance(opening, Coroutine)
+    rsv = await opening
+    assert isinstance(rsv, aiopmem.Reservation)
+    start, end = held_range(rsv)
+    await rsv.aclose()
+    assert rsv.closed and kernel.is_free(start, end)
+
+    async with aiopmem.reserve(16 * MiB) as rsv:
+        start, end = held_range(rsv)
+        async with rsv.map_file(holey_file, 0, length=MiB) as m1:
+            assert rsv.find(0) is m1
+            kernel.assert_matches_kernel(rsv)
+        assert m1.closed and rsv.find(0) is None
+        async with await rsv.map_file(holey_file, 0, length=MiB) as m2:
+            assert isinstance(m2, aiopmem.Mapping)
+        assert m2.closed
+        m3 = await rsv.map_anonymous(MiB, MiB)
+        assert rsv.find(MiB) is m3 and m3.reservation is rsv
+        kernel.assert_matches_kernel(rsv)
+    assert rsv.closed and m3.closed and kernel.is_free(start, end)
+
+
+async def test_openings_run_under_start_soon() -> None:
+    async with aiopmem.reserve(16 * MiB) as rsv:
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(rsv.map_anonymous, i * MiB, MiB)
+        assert [m.offset for m in rsv.mappings()] == [0, MiB, 2 * MiB, 3 * MiB]
+        kernel.assert_matches_kernel(rsv)
+
+
+async def test_entering_does_not_leave_unawaited_coroutines() -> None:
+    # filterwarnings=error turns a "coroutine was never awaited" RuntimeWarning into a failure.
+    async with aiopmem.reserve(16 * MiB) as rsv, rsv.map_anonymous(0, A) as m:
+        assert m.size == A
+    opening = aiopmem.reserve(16 * MiB)
+    opening.close()  # never started: nothing to clean up, no warning
+
+
+async def test_errors_surface_unchanged(holey_file: Path) -> None:
+    async with checked_reservation(16 * MiB) as rsv:
+        with pytest.raises(aiopmem.OffsetUnalignedError):
+            await rsv.map_file(holey_file, 1)
+        with pytest.raises(aiopmem.LengthOutOfRangeError):
+            await rsv.map_anonymous(16 * MiB, A)
+        m = await rsv.map_anonymous(0, A)
+        with pytest.raises(aiopmem.MappingExistsError):
+            await rsv.map_anonymous(0, A)
+        with pytest.raises(aiopmem.ReservationNotEmptyError):
+            await rsv.shrink(0, A)
+        with pytest.raises(aiopmem.NotSupportedError):
+            await rsv.shrink(A, A)
+        with pytest.raises(TypeError):
+            await rsv.extend(1.5)  # type: ignore[arg-type]
+        view = m.view()
+        with pytest.raises(BufferError):
+            await m.unmap()
+        with pytest.raises(BufferError):
+            await rsv.aclose()
+        assert not rsv.closed and not m.closed and rsv.find(0) is m
+        view.release()
+        await m.unmap()
+        with pytest.raises(aiopmem.ClosedError):
+            await m.persist()
+    with pytest.raises(aiopmem.ClosedError):
+        await rsv.map_anonymous(0, A)
+    with pytest.raises(aiopmem.ClosedError):
+        await rsv.extend(A)
+
+
+async def test_extend_shrink_persist(holey_file: Path) -> None:
+    async with checked_reservation(8 * MiB) as rsv:
+        m = await rsv.map_file(holey_file, 4 * MiB, length=MiB)
+        await rsv.extend(8 * MiB)
+        assert rsv.size == 16 * MiB
+        await rsv.shrink(0, 4 * MiB)
+        assert m.offset == 0 and m.address == rsv.address
+        await rsv.shrink(MiB, rsv.size - MiB)
+        assert rsv.size == MiB
+        m.view()[:3] = b"abc"
+        await m.persist()
+        await m.persist(0, 3)
+        kernel.assert_matches_kernel(rsv)
+    assert holey_file.read_bytes()[:3] == b"abc"
+
+
+# -- no stall, concurrency -----------------------------------------------------------------------
+
+
+async def test_event_loop_keeps_ticking_during_slow_syscall() -> None:
+    ticks: list[float] = []
+
+    async def heartbeat() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await anyio.sleep(0.005)
+
+    async with checked_reservation() as rsv, anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat)
+        await anyio.sleep(0.02)
+        with inject("mmap", delay=0.3) as inj:
+            begin = time.monotonic()
+            m = await rsv.map_anonymous(0, MiB)
+            elapsed = time.monotonic() - begin
+        assert inj.fired == 1
+        tg.cancel_scope.cancel()
+    assert elapsed >= 0.3
+    during = [t for t in ticks if begin <= t <= begin + elapsed]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    # A blocked loop would show one gap of ~0.3 s and no ticks; 5 ms ticks with a wide margin.
+    assert len(during) >= 10, len(during)
+    assert max(gaps) < 0.1, max(gaps)
+    assert m.closed
+
+
+async def test_slow_maps_into_disjoint_ranges_overlap() -> None:
+    async with checked_reservation() as rsv:
+        with inject("mmap", delay=0.4, times=4) as inj:
+            begin = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(rsv.map_anonymous, i * MiB, MiB)
+            elapsed = time.monotonic() - begin
+        assert inj.fired == 4
+        assert len(rsv.mappings()) == 4
+    # Serialized they would take 1.6 s; overlapping, about 0.4 s.
+    assert 0.4 <= elapsed < 1.2, elapsed
+
+
+async def test_lookup_during_inflight_map_is_immediate_and_does_not_see_it() -> None:
+    async with checked_reservation() as rsv:
+        existing = await rsv.map_anonymous(0, A)
+        result: list[aiopmem.Mapping] = []
+
+        async def slow_map() -> None:
+            result.append(await rsv.map_anonymous(MiB, A))
+
+        with inject("mmap", delay=0.4):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_map)
+                await anyio.sleep(0.1)
+                begin = time.monotonic()
+                assert rsv.find(MiB) is None
+                assert rsv.find(0, 2 * MiB) is existing
+                assert rsv.mappings() == [existing]
+                assert rsv.find_next(existing) is None
+                assert time.monotonic() - begin < 0.05
+        assert rsv.find(MiB) is result[0]
+
+
+async def test_many_tasks_map_and_unmap_their_own_slots() -> None:
+    tasks, rounds, slot = 32, 100, 16 * A
+    async with checked_reservation(tasks * slot) as rsv:
+
+        async def worker(i: int) -> None:
+            for _ in range(rounds):
+                m = await rsv.map_anonymous(i * slot, slot)
+                assert m.address == rsv.address + i * slot
+                m.view()[:1] = b"x"
+                await m.unmap()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(tasks):
+                tg.start_soon(worker, i)
+        assert rsv.mappings() == []
+        start, end = held_range(rsv)
+        [vma] = kernel.vmas_in(start, end)  # all one placeholder again
+        assert kernel.is_placeholder(vma) and (vma.start, vma.end) == (start, end)
+
+
+async def test_extend_and_shrink_racing_with_maps_keep_every_mapping_in_place() -> None:
+    slot = 4 * A
+    async with checked_reservation(256 * slot) as rsv:
+        head = 64 * slot  # the front part is shrunk away step by step, never mapped
+        made: list[aiopmem.Mapping] = []
+
+        async def mapper(i: int) -> None:
+            for k in range(8):
+                # Offsets shift as the front shrinks: read the base each time, map ahead of it.
+                base = rsv.size - (192 - i * 8 - k) * slot
+                with contextlib.suppress(aiopmem.MappingExistsError):
+                    made.append(await rsv.map_anonymous(base, slot))
+
+        async def resizer() -> None:
+            for _ in range(16):
+                await rsv.extend(slot)
+                await rsv.shrink(0, slot)
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resizer)
+            for i in range(16):
+                tg.start_soon(mapper, i)
+        assert made
+        assert rsv.size == 256 * slot
+        for m in made:
+            assert m.address == rsv.address + m.offset
+            assert rsv.find(m.offset) is m
+        assert rsv.address == made[0].address - made[0].offset
+        assert head  # the shrunk head never held a mapping
+        kernel.assert_matches_kernel(rsv)
+
+
+# -- cancellation at every point -----------------------------------------------------------------
+
+Op = Callable[[aiopmem.Reservation, Path], Awaitable[object]]
+
+
+def _snapshot(rsv: aiopmem.Reservation) -> tuple[int, int, int, list[tuple[int, int]]]:
+    return (
+        rsv.address,
+        rsv.size,
+        rsv.max_size,
+        [(m.offset, m.size) for m in rsv.mappings()],
+    )
+
+
+async def _fresh() -> aiopmem.Reservation:
+    """16 MiB with max_size 32 MiB at a quiet address: extending past max_size then needs one
+    mmap (MAP_FIXED_NOREPLACE), which the scenarios slow down or fail."""
+    return await aiopmem.reserve(
+        16 * MiB, address=kernel.quiet_address(64 * MiB), max_size=32 * MiB
+    )
+
+
+async def _prepared(rsv: aiopmem.Reservation, path: Path) -> aiopmem.Mapping:
+    """Every scenario starts from: a 1 MiB file mapping at offset 4 MiB of a 16 MiB reservation."""
+    return await rsv.map_file(path, 4 * MiB, length=MiB)
+
+
+OPS: dict[str, tuple[str, Op]] = {
+    "map_file": ("mmap", lambda rsv, p: rsv.map_file(p, 0, length=MiB)),
+    "map_file_path_open": ("open", lambda rsv, p: rsv.map_file(str(p), 0, length=MiB)),
+    "map_anonymous": ("mmap", lambda rsv, p: rsv.map_anonymous(0, MiB)),
+    "extend": ("mmap", lambda rsv, p: rsv.extend(rsv.max_size - rsv.size + A)),
+    "shrink_front": ("munmap", lambda rsv, p: rsv.shrink(0, MiB)),
+    "unmap": ("mmap", lambda rsv, p: rsv.find(4 * MiB).unmap()),  # type: ignore[union-attr]
+    "persist": ("msync", lambda rsv, p: rsv.find(4 * MiB).persist()),  # type: ignore[union-attr]
+    "aclose": ("munmap", lambda rsv, p: rsv.aclose()),
+}
+
+
+def _outcomes(name: str, before: Any, rsv: aiopmem.Reservation) -> tuple[Any, Any]:
+    """The two allowed states after a cancelled `name`: not happened, or happened entirely."""
+    addr, size, max_size, maps = before
+    if name in ("map_file", "map_file_path_open", "map_anonymous"):
+        return before, (addr, size, max_size, sorted([(0, MiB), *maps]))
+    if name == "extend":
+        grown = size + max_size - size + A
+        return before, (addr, grown, grown, maps)
+    if name == "shrink_front":
+        return before, (addr + MiB, size - MiB, max_size - MiB, [(o - MiB, n) for o, n in maps])
+    if name == "unmap":
+        return before, (addr, size, max_size, [])
+    if name == "persist":
+        return before, before
+    assert name == "aclose"
+    return before, "closed"
+
+
+async def _run_cancelled(
+    name: str, when: str, holey_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syscall, op = OPS[name]
+    fds = kernel.open_fds()
+    rsv = await _fresh()
+    start, end = held_range(rsv)
+    await _prepared(rsv, holey_file)
+    before = _snapshot(rsv)
+    cancelled = False
+
+    async def call() -> None:
+        await op(rsv, holey_file)
+
+    if when == "before":
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await call()
+        cancelled = scope.cancelled_caught
+    elif when == "during":
+        with inject(syscall, delay=0.3) as inj:
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def runner() -> None:
+                    nonlocal cancelled
+                    with scope:
+                        await call()
+                    cancelled = scope.cancelled_caught
+
+                tg.start_soon(runner)
+                await anyio.sleep(0.1)
+                scope.cancel()
+        assert inj.fired >= 1
+    else:  # "after": the cancellation lands right after the worker's call returned
+        scope = anyio.CancelScope()
+        real = async_reservation_module.run_blocking
+        from aiopmem._async import _mapping as async_mapping_module
+
+        async def then_cancel(fn: Callable[..., Any], *args: Any) -> Any:
+            result = await real(fn, *args)
+            scope.cancel()
+            return result
+
+        monkeypatch.setattr(async_reservation_module, "run_blocking", then_cancel)
+        monkeypatch.setattr(async_mapping_module, "run_blocking", then_cancel)
+        with scope:
+            await call()
+        cancelled = scope.cancelled_caught
+        monkeypatch.undo()
+
+    not_happened, happened = _outcomes(name, before, rsv)
+    after = "closed" if rsv.closed else _snapshot(rsv)
+    assert after in (not_happened, happened), (name, when, before, after)
+    if name in ("map_file", "map_file_path_open", "map_anonymous"):
+        # The caller never received a mapping: it must not exist.
+        assert after == not_happened
+    if name in ("unmap", "aclose"):
+        # Shielded: they always run to the end.
+        assert after == happened
+    assert cancelled or name in ("unmap", "aclose") or when == "after"
+    if not rsv.closed:
+        kernel.assert_matches_kernel(rsv)
+        start, end = held_range(rsv)
+    await rsv.aclose()
+    assert kernel.is_free(start, end)
+    assert kernel.open_fds() <= fds
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+@pytest.mark.parametrize("name", list(OPS))
+async def test_cancellation(
+    name: str, when: str, holey_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _run_cancelled(name, when, holey_file, monkeypatch)
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+async def test_cancelled_reserve_leaks_nothing(when: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = kernel.vmas()
+    got: list[aiopmem.Reservation] = []
+    scope = anyio.CancelScope()
+    if when == "before":
+        scope.cancel()
+        with scope:
+            got.append(await aiopmem.reserve(64 * MiB))
+    elif when == "during":
+        with inject("mmap", delay=0.3):
+            async with anyio.create_task_group() as tg:
+
+                async def runner() -> None:
+                    with scope:
+                        got.append(await aiopmem.reserve(64 * MiB))
+
+                tg.start_soon(runner)
+                await anyio.sleep(0.1)
+                scope.cancel()
+    else:
+        real = async_reservation_module.run_blocking
+
+        async def then_cancel(fn: Callable[..., Any], *args: Any) -> Any:
+            result = await real(fn, *args)
+            scope.cancel()
+            return result
+
+        monkeypatch.setattr(async_reservation_module, "run_blocking", then_cancel)
+        with scope:
+            got.append(await aiopmem.reserve(64 * MiB))
+        monkeypatch.undo()
+    assert got == []
+    assert scope.cancelled_caught
+    # No new PROT_NONE region of 64 MiB + headroom was left behind.
+    assert {(v.start, v.end) for v in kernel.vmas() if kernel.is_placeholder(v)} <= {
+        (v.start, v.end) for v in before if kernel.is_placeholder(v)
+    }
+
+
+async def test_cancelled_async_with_body_unmaps(holey_file: Path) -> None:
+    async with checked_reservation(16 * MiB) as rsv:
+        with anyio.CancelScope() as scope:
+            async with rsv.map_file(holey_file, 0, length=MiB) as m:
+                scope.cancel()
+                await anyio.sleep(1)
+        assert scope.cancelled_caught
+        assert m.closed and rsv.mappings() == []
+
+
+# -- injected errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("err", [errno.ENOMEM, errno.EAGAIN, errno.EIO])
+@pytest.mark.parametrize("name", list(OPS))
+async def test_injected_errors_leave_state_unchanged(name: str, err: int, holey_file: Path) -> None:
+    syscall, op = OPS[name]
+    fds = kernel.open_fds()
+    rsv = await _fresh()
+    await _prepared(rsv, holey_file)
+    before = _snapshot(rsv)
+    if name == "unmap" and err == errno.ENOMEM:
+        # ENOMEM is how the kernel refuses the placeholder overlay at the VMA limit; unmap then
+        # falls back to munmap + MAP_FIXED_NOREPLACE, and succeeds.
+        with inject(syscall, errno=err) as inj:
+            await op(rsv, holey_file)
+        assert inj.fired == 1
+        assert _snapshot(rsv) == _outcomes(name, before, rsv)[1]
+        assert rsv.holes == []
+    else:
+        with inject(syscall, errno=err) as inj, pytest.raises(OSError) as info:
+            await op(rsv, holey_file)
+        assert inj.fired == 1
+        assert info.value.errno == err
+        assert not rsv.closed
+        assert _snapshot(rsv) == before
+    kernel.assert_matches_kernel(rsv)
+    start, end = held_range(rsv)
+    await rsv.aclose()
+    assert kernel.is_free(start, end)
+    assert kernel.open_fds() <= fds
+
+
+# -- parity with the sync API --------------------------------------------------------------------
+
+
+def _public(cls: type) -> dict[str, Any]:
+    return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    ("sync_cls", "async_cls"),
+    [
+        (aiopmem.sync.Reservation, aiopmem.Reservation),
+        (aiopmem.sync.Mapping, aiopmem.Mapping),
+    ],
+)
+def test_async_classes_mirror_sync_ones(sync_cls: type, async_cls: type) -> None:
+    sync_members, async_members = _public(sync_cls), _public(async_cls)
+    for name, member in sync_members.items():
+        target = "aclose" if name == "close" else name
+        assert target in async_members, f"{async_cls.__name__} lacks {target}"
+        other = async_members[target]
+        if isinstance(member, property):
+            assert isinstance(other, property), name
+            continue
+        assert inspect.signature(member).parameters == inspect.signature(other).parameters, name
+        blocking = name in {
+            "map_file", "map_anonymous", "extend", "shrink", "close", "unmap", "persist"
+        }  # fmt: skip
+        if blocking:
+            # A coroutine function, or one returning an awaitable opening (map_*).
+            returns = inspect.signature(other).return_annotation
+            assert inspect.iscoroutinefunction(other) or "Opening" in str(returns), name
+        else:
+            assert not inspect.iscoroutinefunction(other), name
+
+
+def test_async_module_exports_match_sync() -> None:
+    assert set(aiopmem.sync.__all__) == set(aiopmem.__all__)
+    for name in aiopmem.__all__:
+        assert hasattr(aiopmem, name)
+        if name not in ("reserve", "Reservation", "Mapping"):
+            assert getattr(aiopmem, name) is getattr(aiopmem.sync, name)
+
+
+def test_sync_core_is_reachable_for_threads() -> None:
+    async def main() -> None:
+        async with aiopmem.reserve(16 * MiB) as rsv:
+            core = rsv.sync
+            m = await anyio.to_thread.run_sync(core.map_anonymous, 0, MiB)
+            assert rsv.find(0).sync is m  # type: ignore[union-attr]
+
+    anyio.run(main)
+
+
+_ = os  # (used by helpers in other scenarios)
