@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import apis
 from kernel import open_fds
 
 MiB = 1 << 20
@@ -54,3 +55,11 @@ def fd_guard() -> Iterator[None]:
 )
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=list(apis.BACKENDS))
+def api(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a blocking scenario once on aiopmem.sync and once on the async API per backend
+    (see apis.py); scenarios call ``apis.reserve``."""
+    with apis.using(request.param) as name:
+        yield name
