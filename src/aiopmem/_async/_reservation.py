@@ -87,6 +87,15 @@ class Reservation(metaclass=NoPublicConstructor):
     def __repr__(self) -> str:
         return repr(self._core)
 
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """One memoryview spanning the mappings of ``[offset, offset+length)``; plain and
+        non-blocking. See ``aiopmem.sync.Reservation.view``.
+
+        Raises:
+            TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError, NoAccessError.
+        """
+        return self._core.view(offset, length)
+
     # -- lookups (plain) -----------------------------------------------------------------------
 
     def _wrap(self, core: _core.Mapping | None) -> Mapping | None:

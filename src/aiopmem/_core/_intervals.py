@@ -148,6 +148,20 @@ class IntervalIndex(Generic[T]):
             pos = self._next_pos(b, i)
         return None
 
+    def between(self, lo: int, hi: int) -> list[tuple[int, int, T | None]]:
+        """Every entry intersecting ``[lo, hi)`` (``hi > lo``), claims included, in order."""
+        b, i = self._locate(lo)
+        pos = (b, i) if i >= 0 and self._ends[b][i] > lo else self._next_pos(b, i)
+        out = []
+        while pos is not None:
+            b, i = pos
+            start = self._starts[b][i]
+            if start >= hi:
+                break
+            out.append((start, self._ends[b][i], self._items[b][i]))
+            pos = self._next_pos(b, i)
+        return out
+
     def next(self, start: int) -> T | None:
         """The first non-claim entry after the one at ``start``."""
         pos = self._next_pos(*self._exact(start))

@@ -1,10 +1,12 @@
 """A mapping: a file region or anonymous memory placed at a fixed offset of a reservation.
 
-Guarantees (thread-shared state): a mapping's state (``_state``, ``_pins``, ``_window``)
-changes only under its reservation's state lock. ``view()`` hands out memory only through the
-mapping's ``Window``, which counts its exported buffers; ``unmap()`` closes the window
-atomically (under the GIL) before the memory goes away and fails with ``BufferError`` if any
-buffer is still exported, so no Python object can reach unmapped memory.
+Guarantees (thread-shared state): a mapping's state (``_state``, ``_pins``, ``_window``,
+``_spans``) changes only under its reservation's state lock. Memory is handed out only through
+``Window`` objects, which count their exported buffers: the mapping's own (``view()``) and those
+of reservation-wide views that cover it (``Reservation.view()``, listed in ``_spans``).
+``unmap()`` closes every one of them atomically (under the GIL) before the memory goes away and
+fails with ``BufferError`` if any buffer is still exported, so no Python object can reach
+unmapped memory.
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ __all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping"]
 OPEN: Final = 0
 UNMAPPING: Final = 1
 CLOSED: Final = 2
+
+
+def close_windows(windows: list[_ffi.Window], what: str) -> None:
+    """Close every window, or none: ``BufferError`` if one still has exported buffers."""
+    for k, w in enumerate(windows):
+        if not w.try_close():
+            for done in windows[:k]:
+                done.reopen()
+            raise BufferError(
+                f"cannot {what}: {w.exports} exported buffer(s) (views, slices of them or "
+                "objects built on them, such as numpy arrays) are still alive"
+            )
+
+
+def reopen_windows(windows: list[_ffi.Window]) -> None:
+    for w in windows:
+        w.reopen()
 
 
 def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
@@ -63,6 +82,7 @@ class Mapping(metaclass=NoPublicConstructor):
         "_sharing",
         "_size",
         "_span",
+        "_spans",
         "_state",
         "_window",
     )
@@ -90,6 +110,8 @@ class Mapping(metaclass=NoPublicConstructor):
         self._state = OPEN
         self._pins = 0
         self._window: _ffi.Window | None = None
+        #: Windows of reservation-wide views that cover (part of) this mapping.
+        self._spans: list[_ffi.Window] | None = None
         #: The async layer's object for this mapping (set by it, opaque here).
         self._facade: object | None = None
 
@@ -252,12 +274,8 @@ class Mapping(metaclass=NoPublicConstructor):
                 if self._state == CLOSED:
                     gate.leave_shared()
                     return
-                window = self._window
-                if window is not None and not window.try_close():
-                    raise BufferError(
-                        f"cannot unmap: {window.exports} exported buffer(s) of the mapping "
-                        "(views, slices or arrays built on them) are still alive"
-                    )
+                windows = self._windows()
+                close_windows(windows, "unmap the mapping")
                 self._state = UNMAPPING
             except BaseException:
                 gate.leave_shared()
@@ -267,8 +285,7 @@ class Mapping(metaclass=NoPublicConstructor):
         except BaseException:
             with rsv._lock:
                 self._state = OPEN
-                if self._window is not None:
-                    self._window.reopen()
+                reopen_windows(windows)
                 gate.leave_shared()
                 gate.wake()
             raise
@@ -278,12 +295,28 @@ class Mapping(metaclass=NoPublicConstructor):
             else:
                 rsv._index.remove(self._addr)
             self._state = CLOSED
+            self._spans = None
             gate.leave_shared()
             gate.wake()
         if hole:
             rsv._warn_hole(self._addr, self._addr + self._span)
 
     close = unmap
+
+    def _windows(self) -> list[_ffi.Window]:
+        """Every window that reaches this mapping's memory (state lock held)."""
+        own = [] if self._window is None else [self._window]
+        return own if self._spans is None else own + self._spans
+
+    def _add_span(self, window: _ffi.Window) -> None:
+        """Register a reservation-wide view's window (state lock held). Released windows are
+        closed and dropped on the way, so the list does not grow with every view taken."""
+        spans = self._spans
+        if spans is None:
+            self._spans = [window]
+            return
+        spans[:] = [w for w in spans if not (w.exports == 0 and w.try_close())]
+        spans.append(window)
 
     def __enter__(self) -> Mapping:
         return self

@@ -49,7 +49,7 @@ from ._errors import (
 )
 from ._gate import Gate
 from ._intervals import IntervalIndex
-from ._mapping import CLOSED, OPEN, Mapping
+from ._mapping import CLOSED, OPEN, Mapping, close_windows, reopen_windows
 from ._placement import (
     default_headroom,
     fill_hole,
@@ -620,19 +620,8 @@ class Reservation(metaclass=NoPublicConstructor):
                 self._repair_holes()
             with self._lock:
                 mappings = self._index.values()
-                closed_windows: list[_ffi.Window] = []
-                for m in mappings:
-                    w = m._window
-                    if w is None:
-                        continue
-                    if not w.try_close():
-                        for done in closed_windows:
-                            done.reopen()
-                        raise BufferError(
-                            f"cannot close the reservation: {w.exports} exported buffer(s) of "
-                            f"{m!r} are still alive"
-                        )
-                    closed_windows.append(w)
+                windows = [w for m in mappings for w in m._windows()]
+                close_windows(windows, "close the reservation")
                 for m in mappings:
                     m._state = CLOSED
             try:
@@ -641,8 +630,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 with self._lock:
                     for m in mappings:
                         m._state = OPEN
-                    for w in closed_windows:
-                        w.reopen()
+                    reopen_windows(windows)
                 raise
             with self._lock:
                 self._index.clear()
@@ -689,6 +677,63 @@ class Reservation(metaclass=NoPublicConstructor):
             self.close()
         except Exception:
             pass
+
+    # -- views -------------------------------------------------------------------------------
+
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """One memoryview over ``[offset, offset+length)`` of the reservation (default: all of
+        it), spanning every mapping in the range: the files mapped back to back read and write
+        as one contiguous buffer. The range must be covered by mappings without a gap (a
+        placeholder cannot be read); the view is read-only if any of them lacks WRITE.
+
+        While the view (or a slice, or an object built on it) is alive, unmapping any mapping
+        it covers, or closing the reservation, raises ``BufferError``.
+
+        Raises:
+            TypeError: offset or length is not an integer.
+            ClosedError: the reservation is closed.
+            OffsetOutOfRangeError: offset outside ``[0, size]``.
+            LengthOutOfRangeError: length negative or reaching past the end.
+            NoAccessError: part of the range is not mapped, or a mapping in it lacks READ.
+        """
+        off = as_int(offset, "offset")
+        n = as_optional_int(length, "length")
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the reservation is closed")
+            size = self._size
+            if off < 0 or off > size:
+                raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
+            if n is None:
+                n = size - off
+            elif n < 0 or off + n > size:
+                raise LengthOutOfRangeError(
+                    f"length {n} at offset {off} reaches outside the reservation of {size} bytes"
+                )
+            if n == 0:
+                return memoryview(b"")
+            lo = self._address + off
+            hi = lo + n
+            pos = lo
+            covered_by: list[Mapping] = []
+            readonly = False
+            for start, end, m in self._index.between(lo, hi):
+                if start > pos or m is None or m._state != OPEN:
+                    break
+                if Protection.READ not in m._protection:
+                    raise NoAccessError(f"{m!r} lacks READ")
+                readonly = readonly or Protection.WRITE not in m._protection
+                covered_by.append(m)
+                pos = end
+            if pos < hi:
+                raise NoAccessError(
+                    f"[{pos - self._address:#x}, ...) of the requested range is not mapped"
+                )
+            window = _ffi.Window(lo, n, readonly)
+            mv = memoryview(window)
+            for m in covered_by:
+                m._add_span(window)
+            return mv
 
     # -- lookups (plain, never wait for a syscall) ---------------------------------------------
 
