@@ -13,7 +13,6 @@ import platform
 import subprocess
 import sys
 from errno import EBADF, EINVAL
-from fcntl import F_GETFL, fcntl
 from pathlib import Path
 
 import pytest
@@ -230,21 +229,37 @@ def test_linux_x86_64_constants() -> None:
     assert _ffi.MS_SYNC == 4
 
 
-def test_fdinfo_round_trips(tmp_path: Path) -> None:
+def test_fdcheck_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * 12345)
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
-        info = _ffi.fdinfo(fd)
-        st = os.fstat(fd)
-        assert (info.size, info.dev, info.mode) == (12345, st.st_dev, st.st_mode)
-        assert info.flags == fcntl(fd, F_GETFL)
-        assert info.flags & _ffi.O_ACCMODE == os.O_RDWR
+        assert _ffi.fdcheck(fd) == 12345
+        assert _ffi.last_dev() == os.fstat(fd).st_dev
     finally:
         os.close(fd)
-    with pytest.raises(OSError) as exc:
-        _ffi.fdinfo(fd)  # closed now
-    assert exc.value.errno == EBADF
+    assert _ffi.fdcheck(fd) == -EBADF  # closed now
+    wronly = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        assert _ffi.fdcheck(wronly) == _ffi.AP_FD_WRONLY
+    finally:
+        os.close(wronly)
+    dirfd = os.open(tmp_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert _ffi.fdcheck(dirfd) == _ffi.AP_FD_DIR
+    finally:
+        os.close(dirfd)
+    pathfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        assert _ffi.fdcheck(pathfd) == _ffi.AP_FD_PATH
+    finally:
+        os.close(pathfd)
+    r, w = os.pipe()
+    try:
+        assert _ffi.fdcheck(r) == _ffi.AP_FD_NOTREG
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_memory_round_trips_and_errno_comes_back() -> None:

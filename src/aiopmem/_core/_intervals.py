@@ -95,6 +95,32 @@ class IntervalIndex(Generic[T]):
         if len(starts) > 2 * _LOAD:
             self._split(b)
 
+    def claim(self, lo: int, hi: int) -> bool:
+        """Insert a claim on ``[lo, hi)`` if nothing intersects it; False (and no change) if
+        something does. One search for both the check and the insert."""
+        if not self._starts:
+            self.insert(lo, hi, None)
+            return True
+        b, i = self._locate(lo)
+        if i >= 0 and self._ends[b][i] > lo:
+            return False
+        starts = self._starts[b]
+        if i + 1 < len(starts):
+            if starts[i + 1] < hi:
+                return False
+        elif b + 1 < len(self._starts) and self._firsts[b + 1] < hi:
+            return False
+        i += 1
+        starts.insert(i, lo)
+        self._ends[b].insert(i, hi)
+        self._items[b].insert(i, None)
+        self._len += 1
+        if i == 0:
+            self._firsts[b] = lo
+        if len(starts) > 2 * _LOAD:
+            self._split(b)
+        return True
+
     def _split(self, b: int) -> None:
         starts, ends, items = self._starts[b], self._ends[b], self._items[b]
         self._starts[b + 1 : b + 1] = [starts[_LOAD:]]

@@ -47,6 +47,46 @@ def reopen_windows(windows: list[_ffi.Window]) -> None:
         w.reopen()
 
 
+def new_mapping(
+    rsv: Reservation,
+    addr: int,
+    size: int,
+    span: int,
+    file_offset: int,
+    protection: Protection,
+    sharing: Sharing,
+    granularity: Granularity,
+    file: str | int | None,
+) -> Mapping:
+    """A new open mapping (the library's constructor; ``Mapping()`` is refused to users)."""
+    m = _new(Mapping)
+    m._rsv = rsv
+    m._addr = addr
+    m._size = size
+    m._span = span
+    m._file_offset = file_offset
+    m._protection = protection
+    m._sharing = sharing
+    m._granularity = granularity
+    m._file = file
+    m._state = OPEN
+    m._pins = 0
+    m._window = None
+    m._spans = None
+    m._facade = None
+    return m
+
+
+_new = object.__new__
+try_mmap = _ffi.try_mmap_fixed
+_raw_mmap = _ffi.raw_mmap_fixed
+_INJECTING: Final = _ffi.INJECTING
+_PROT_NONE: Final = _ffi.PROT_NONE
+_PLACEHOLDER_FIXED: Final = (
+    _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_NORESERVE | _ffi.MAP_FIXED
+)
+
+
 def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
     """Check ``(offset, length)`` against a mapping of ``size`` bytes (view and persist)."""
     if off < 0 or off > size:
@@ -87,33 +127,26 @@ class Mapping(metaclass=NoPublicConstructor):
         "_window",
     )
 
-    def __init__(
-        self,
-        rsv: Reservation,
-        addr: int,
-        size: int,
-        file_offset: int,
-        protection: Protection,
-        sharing: Sharing,
-        granularity: Granularity,
-        file: str | None,
-    ) -> None:
-        self._rsv = rsv
-        self._addr = addr
-        self._size = size
-        self._span = align_up(size)
-        self._file_offset = file_offset
-        self._protection = protection
-        self._sharing = sharing
-        self._granularity = granularity
-        self._file = file
-        self._state = OPEN
-        self._pins = 0
-        self._window: _ffi.Window | None = None
-        #: Windows of reservation-wide views that cover (part of) this mapping.
-        self._spans: list[_ffi.Window] | None = None
-        #: The async layer's object for this mapping (set by it, opaque here).
-        self._facade: object | None = None
+    # Built by new_mapping(): no __init__, so that the metaclass refuses user construction.
+    _rsv: Reservation
+    _addr: int
+    _size: int
+    _span: int
+    _file_offset: int
+    _protection: Protection
+    _sharing: Sharing
+    _granularity: Granularity
+    #: A path, a descriptor number (formatted on demand), or None for anonymous memory.
+    _file: str | int | None
+    _state: int
+    #: persist() calls in flight; unmap() waits for them.
+    _pins: int
+    #: The mapping's own buffer exporter, made by the first view().
+    _window: _ffi.Window | None
+    #: Windows of reservation-wide views that cover (part of) this mapping.
+    _spans: list[_ffi.Window] | None
+    #: The async layer's object for this mapping (set by it, opaque here).
+    _facade: object | None
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 
@@ -144,7 +177,8 @@ class Mapping(metaclass=NoPublicConstructor):
     @property
     def file(self) -> str | None:
         """What was mapped: the path, ``"file descriptor N"``, or None for anonymous memory."""
-        return self._file
+        f = self._file
+        return f"file descriptor {f}" if type(f) is int else f  # type: ignore[return-value]
 
     @property
     def protection(self) -> Protection:
@@ -166,7 +200,7 @@ class Mapping(metaclass=NoPublicConstructor):
 
     def __repr__(self) -> str:
         state = "closed" if self._state == CLOSED else f"offset={self.offset:#x}"
-        what = self._file if self._file is not None else "anonymous"
+        what = self.file if self._file is not None else "anonymous"
         return (
             f"<aiopmem.Mapping {what} {state} size={self._size:#x} "
             f"address={self._addr:#x} {self._protection} {self._sharing.name}>"
@@ -265,41 +299,58 @@ class Mapping(metaclass=NoPublicConstructor):
         rsv = self._rsv
         gate = rsv._gate
         with rsv._lock:
-            if self._state == CLOSED:
-                return
-            gate.enter_shared()
-            try:
+            if self._state != OPEN or self._pins or gate._exclusive or gate._waiting:
+                if self._state == CLOSED:
+                    return
+                gate.enter_shared()
                 while self._state == UNMAPPING or self._pins:
                     gate.wait()
                 if self._state == CLOSED:
                     gate.leave_shared()
                     return
+            else:
+                gate._shared += 1
+            if self._window is not None or self._spans is not None:
                 windows = self._windows()
-                close_windows(windows, "unmap the mapping")
-                self._state = UNMAPPING
+                try:
+                    close_windows(windows, "unmap the mapping")
+                except BaseException:
+                    gate.leave_shared()
+                    raise
+            else:
+                windows = None
+            self._state = UNMAPPING
+        addr = self._addr
+        # The common case in one call; failures (and the VMA-limit fallback) take the slow path.
+        hole = False
+        err = (
+            try_mmap(addr, self._span, _PROT_NONE, _PLACEHOLDER_FIXED)
+            if _INJECTING
+            else _raw_mmap(addr, self._span, _PROT_NONE, _PLACEHOLDER_FIXED, -1, 0)
+        )
+        if err:
+            try:
+                hole = rsv._replace_with_placeholder(addr, self._span, err)
             except BaseException:
-                gate.leave_shared()
+                with rsv._lock:
+                    self._state = OPEN
+                    if windows is not None:
+                        reopen_windows(windows)
+                    gate.leave_shared()
+                    gate.wake()
                 raise
-        try:
-            hole = rsv._replace_with_placeholder(self._addr, self._span)
-        except BaseException:
-            with rsv._lock:
-                self._state = OPEN
-                reopen_windows(windows)
-                gate.leave_shared()
-                gate.wake()
-            raise
         with rsv._lock:
             if hole:  # stays claimed, invisible, until repaired
-                rsv._index.replace(self._addr, None)
+                rsv._index.replace(addr, None)
             else:
-                rsv._index.remove(self._addr)
+                rsv._index.remove(addr)
             self._state = CLOSED
             self._spans = None
-            gate.leave_shared()
-            gate.wake()
+            gate._shared -= 1
+            if gate._sleepers:
+                gate.wake()
         if hole:
-            rsv._warn_hole(self._addr, self._addr + self._span)
+            rsv._warn_hole(addr, addr + self._span)
 
     close = unmap
 

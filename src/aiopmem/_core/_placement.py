@@ -28,13 +28,11 @@ from ._errors import MappingExistsError
 __all__ = [
     "PLACEHOLDER_FLAGS",
     "default_headroom",
-    "lay_placeholder",
     "take_range",
     "take_range_at",
 ]
 
 PLACEHOLDER_FLAGS: Final = _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_NORESERVE
-_FIXED: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED
 _NOREPLACE: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED_NOREPLACE
 
 #: Lower bound of the default headroom (see the module docstring).
@@ -43,12 +41,6 @@ MIN_DEFAULT_HEADROOM: Final = 1 << 30
 
 def default_headroom(size: int) -> int:
     return max(size, MIN_DEFAULT_HEADROOM)
-
-
-def lay_placeholder(addr: int, length: int) -> None:
-    """Replace ``[addr, addr+length)`` (part of our reservation) with a placeholder, atomically:
-    MAP_FIXED swaps the old mapping out without ever leaving a hole."""
-    _ffi.mmap_fixed(addr, length, _ffi.PROT_NONE, _FIXED)
 
 
 def fill_hole(addr: int, length: int) -> None:

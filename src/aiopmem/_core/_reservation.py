@@ -20,15 +20,15 @@ Guarantees (thread-shared state):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import warnings
-from collections.abc import Callable
 from types import TracebackType
 from typing import Final, final
 
 from .. import _ffi
-from ._align import ADDRESS_LIMIT, ALIGNMENT, align_up, as_int, as_optional_int
+from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
 from ._construct import NoPublicConstructor
 from ._enums import Granularity, Protection, Sharing, prot_bits
 from ._errors import (
@@ -49,29 +49,56 @@ from ._errors import (
 )
 from ._gate import Gate
 from ._intervals import IntervalIndex
-from ._mapping import CLOSED, OPEN, Mapping, close_windows, reopen_windows
+from ._mapping import CLOSED, OPEN, Mapping, close_windows, new_mapping, reopen_windows
 from ._placement import (
+    PLACEHOLDER_FLAGS,
     default_headroom,
     fill_hole,
-    lay_placeholder,
     take_headroom_after,
     take_range,
     take_range_at,
     take_range_with_headroom,
 )
 from ._procmaps import covered
-from ._source import open_source
+from ._source import Source, fd_error, open_source
 
 __all__ = ["Reservation", "reserve"]
 
 _MASK: Final = ALIGNMENT - 1
 _RW: Final = Protection.READ | Protection.WRITE
 
+#: How a mapping is made (see _FLAGS_OF_KIND).
+_FILE_SHARED: Final = 0
+_FILE_PRIVATE: Final = 1
+_ANON_SHARED: Final = 2
+_ANON_PRIVATE: Final = 3
+_SHARED: Final = Sharing.SHARED
+_FD_MAX: Final = 2**31 - 1
+#: PROT_* bits by Protection value (indexing by the int value avoids hashing a Flag member).
+_PROT_BITS: Final = tuple(prot_bits(Protection(v)) for v in range(8))
+
 _MAP_SHARED_FIXED: Final = _ffi.MAP_SHARED | _ffi.MAP_FIXED
 _MAP_SYNC_FIXED: Final = _ffi.MAP_SHARED_VALIDATE | _ffi.MAP_SYNC | _ffi.MAP_FIXED
 _MAP_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_FIXED
 _ANON_SHARED_FIXED: Final = _ffi.MAP_SHARED | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
 _ANON_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
+_PLACEHOLDER_FIXED: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED
+_FLAGS_OF_KIND: Final = (
+    _MAP_SHARED_FIXED,
+    _MAP_PRIVATE_FIXED,
+    _ANON_SHARED_FIXED,
+    _ANON_PRIVATE_FIXED,
+)
+try_mmap = _ffi.try_mmap_fixed
+_raw_mmap = _ffi.raw_mmap_fixed
+_fdcheck = _ffi.fdcheck
+_raw_fdcheck = _ffi.raw_fdcheck
+_last_dev = _ffi.last_dev
+_INJECTING: Final = _ffi.INJECTING
+_NEG_EINTR: Final = -errno.EINTR
+_PAGE: Final = Granularity.PAGE
+_CACHE_LINE: Final = Granularity.CACHE_LINE
+_BYTE: Final = Granularity.BYTE
 
 #: Whether shared mappings of files on a device (st_dev) accept MAP_SYNC (DAX file systems).
 #: Learned from the first shared map of a file on that device, then reused: on a non-DAX file
@@ -91,12 +118,18 @@ def _check_sharing(sharing: object) -> Sharing:
     return sharing
 
 
-def _map_error(exc: OSError) -> Exception:
-    if exc.errno == errno.EACCES:
-        return NoAccessError(f"the kernel refused the access: {exc.strerror}")
-    if exc.errno == errno.EBADF:
-        return InvalidFileHandleError(f"the kernel refused the file descriptor: {exc.strerror}")
-    return exc
+def _map_error(err: int) -> Exception:
+    if err == errno.EACCES:
+        return NoAccessError(f"the kernel refused the access: {_ffi.strerror(err)}")
+    if err == errno.EBADF:
+        return InvalidFileHandleError(
+            f"the kernel refused the file descriptor: {_ffi.strerror(err)}"
+        )
+    return os_error(err)
+
+
+def _label(label: str | int) -> str:
+    return f"file descriptor {label}" if type(label) is int else str(label)
 
 
 @final
@@ -222,15 +255,32 @@ class Reservation(metaclass=NoPublicConstructor):
             NoAccessError: the kernel refuses the access (e.g. read-only file with WRITE).
             OSError: any other failure of the kernel; the range stays a placeholder.
         """
-        offset = as_int(offset, "offset")
-        n = as_optional_int(length, "length")
-        file_offset = as_int(file_offset, "file_offset")
-        _check_protection(protection)
-        _check_sharing(sharing)
+        # Plain ints skip the coercion calls: this is the hot path.
+        if type(offset) is not int:
+            offset = as_int(offset, "offset")
+        n = length if length is None or type(length) is int else as_int(length, "length")
+        if type(file_offset) is not int:
+            file_offset = as_int(file_offset, "file_offset")
+        if type(protection) is not Protection:
+            _check_protection(protection)
+        if type(sharing) is not Sharing:
+            _check_sharing(sharing)
         if self._closed:
             raise ClosedError("the reservation is closed")
-        shared = sharing is Sharing.SHARED
-        src = open_source(file, shared and Protection.WRITE in protection)
+        shared = sharing is _SHARED
+        bits = _PROT_BITS[protection._value_]
+        src: Source | None = None
+        label: str | int
+        if type(file) is int and 0 <= file <= _FD_MAX:
+            fd = label = file
+            size = _fdcheck(fd) if _INJECTING else _raw_fdcheck(fd)
+            if size == _NEG_EINTR:
+                size = _fdcheck(fd)
+            if size < 0:
+                raise fd_error(fd, size, f"file descriptor {fd}")
+        else:
+            src = open_source(file, shared and bool(bits & _ffi.PROT_WRITE))
+            fd, size, label = src.fd, src.size, src.name
         try:
             if file_offset & _MASK:
                 raise OffsetUnalignedError(
@@ -238,61 +288,32 @@ class Reservation(metaclass=NoPublicConstructor):
                 )
             if file_offset < 0:
                 raise MapRangeError(f"file_offset {file_offset} is negative")
-            if src.size == 0:
-                raise SourceEmptyError(f"{src.name} is empty")
-            if n is None:
-                n = 0
-            if n < 0:
-                raise LengthOutOfRangeError(f"length {n} is negative")
-            if n & _MASK:
-                raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
-            if n == 0:
-                if file_offset >= src.size:
+            if size == 0:
+                raise SourceEmptyError(f"{_label(label)} is empty")
+            if not n:
+                if n is not None and n < 0:
+                    raise LengthOutOfRangeError(f"length {n} is negative")
+                if file_offset >= size:
                     raise MapRangeError(
-                        f"file_offset {file_offset} leaves nothing of {src.name} "
-                        f"({src.size} bytes) to map"
+                        f"file_offset {file_offset} leaves nothing of {_label(label)} "
+                        f"({size} bytes) to map"
                     )
-                n = src.size - file_offset
-            elif file_offset + n > src.size:
-                raise MapRangeError(
-                    f"[{file_offset}, {file_offset + n}) is beyond the end of {src.name} "
-                    f"({src.size} bytes)"
-                )
-            if not shared:
-                return self._map(
-                    offset,
-                    n,
-                    protection,
-                    sharing,
-                    Granularity.BYTE,
-                    src.name,
-                    file_offset,
-                    lambda addr: _ffi.mmap_fixed(
-                        addr, n, prot_bits(protection), _MAP_PRIVATE_FIXED, src.fd, file_offset
-                    ),
-                )
-            dev = src.dev
-            sync = _map_sync_by_dev.get(dev)
-
-            def place(addr: int) -> Granularity:
-                nonlocal sync
-                prot = prot_bits(protection)
-                if sync is not False:
-                    try:
-                        _ffi.mmap_fixed(addr, n, prot, _MAP_SYNC_FIXED, src.fd, file_offset)
-                    except OSError as exc:
-                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                            raise
-                        sync = _map_sync_by_dev[dev] = False
-                    else:
-                        _map_sync_by_dev[dev] = True
-                        return Granularity.CACHE_LINE
-                _ffi.mmap_fixed(addr, n, prot, _MAP_SHARED_FIXED, src.fd, file_offset)
-                return Granularity.PAGE
-
-            return self._map(offset, n, protection, sharing, None, src.name, file_offset, place)
+                n = size - file_offset
+            else:
+                if n < 0:
+                    raise LengthOutOfRangeError(f"length {n} is negative")
+                if n & _MASK:
+                    raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
+                if file_offset + n > size:
+                    raise MapRangeError(
+                        f"[{file_offset}, {file_offset + n}) is beyond the end of "
+                        f"{_label(label)} ({size} bytes)"
+                    )
+            kind = _FILE_SHARED if shared else _FILE_PRIVATE
+            return self._map(offset, n, protection, sharing, bits, kind, fd, file_offset, label)
         finally:
-            src.close()
+            if src is not None:
+                src.close()
 
     def map_anonymous(
         self,
@@ -314,27 +335,22 @@ class Reservation(metaclass=NoPublicConstructor):
             MappingExistsError: the range overlaps an existing or in-flight mapping.
             OSError: the kernel refused (e.g. ENOMEM); the range stays a placeholder.
         """
-        offset = as_int(offset, "offset")
-        n = as_int(length, "length")
-        _check_protection(protection)
-        _check_sharing(sharing)
+        if type(offset) is not int:
+            offset = as_int(offset, "offset")
+        n = length if type(length) is int else as_int(length, "length")
+        if type(protection) is not Protection:
+            _check_protection(protection)
+        if type(sharing) is not Sharing:
+            _check_sharing(sharing)
         if self._closed:
             raise ClosedError("the reservation is closed")
         if n & _MASK:
             raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
         if n <= 0:
             raise LengthOutOfRangeError(f"length {n} is not positive")
-        flags = _ANON_SHARED_FIXED if sharing is Sharing.SHARED else _ANON_PRIVATE_FIXED
-        return self._map(
-            offset,
-            n,
-            protection,
-            sharing,
-            Granularity.BYTE,
-            None,
-            0,
-            lambda addr: _ffi.mmap_fixed(addr, n, prot_bits(protection), flags),
-        )
+        kind = _ANON_SHARED if sharing is _SHARED else _ANON_PRIVATE
+        bits = _PROT_BITS[protection._value_]
+        return self._map(offset, n, protection, sharing, bits, kind, -1, 0, None)
 
     def _map(
         self,
@@ -342,57 +358,75 @@ class Reservation(metaclass=NoPublicConstructor):
         length: int,
         protection: Protection,
         sharing: Sharing,
-        granularity: Granularity | None,
-        name: str | None,
+        bits: int,
+        kind: int,
+        fd: int,
         file_offset: int,
-        place: Callable[[int], Granularity | None],
+        label: str | int | None,
     ) -> Mapping:
-        """Steps 6-9 of map validation, the claim, the syscall and the commit.
-
-        ``place(addr)`` makes the syscall; it returns the granularity when that depends on how
-        the mapping was made (``granularity`` is None then).
-        """
-        span = align_up(length)
+        """Steps 6-9 of map validation, the claim, the syscall and the commit."""
+        span = (length + _MASK) & ~_MASK
         gate = self._gate
         index = self._index
         with self._lock:
             if self._closed:
                 raise ClosedError("the reservation is closed")
-            gate.enter_shared()
-            try:
+            if gate._exclusive or gate._waiting:
+                gate.enter_shared()
                 if self._closed:
+                    gate.leave_shared()
                     raise ClosedError("the reservation is closed")
+            else:
+                gate._shared += 1
+            if offset & _MASK or offset < 0 or offset + span > self._size:
+                gate.leave_shared()
                 if offset & _MASK:
                     raise OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
-                if offset < 0 or offset + span > self._size:
-                    raise LengthOutOfRangeError(
-                        f"[{offset}, {offset + span}) does not fit in the reservation of "
-                        f"{self._size} bytes"
-                    )
-                addr = self._address + offset
-                if index.overlaps(addr, addr + span):
-                    raise MappingExistsError(
-                        f"[{offset:#x}, {offset + span:#x}) overlaps a mapping of the reservation"
-                    )
-                index.insert(addr, addr + span, None)
-            except BaseException:
+                raise LengthOutOfRangeError(
+                    f"[{offset}, {offset + span}) does not fit in the reservation of "
+                    f"{self._size} bytes"
+                )
+            addr = self._address + offset
+            if not index.claim(addr, addr + span):
                 gate.leave_shared()
-                raise
+                raise MappingExistsError(
+                    f"[{offset:#x}, {offset + span:#x}) overlaps a mapping of the reservation"
+                )
         try:
-            try:
-                got = place(addr)
-            except OSError as exc:
+            if kind == _FILE_SHARED:
+                dev = _last_dev()
+                sync = _map_sync_by_dev.get(dev)
+                granularity = _PAGE
+                err = 0
+                if sync is not False:
+                    err = try_mmap(addr, length, bits, _MAP_SYNC_FIXED, fd, file_offset)
+                    if not err:
+                        _map_sync_by_dev[dev] = True
+                        granularity = _CACHE_LINE
+                    elif err in (errno.EOPNOTSUPP, errno.EINVAL):
+                        _map_sync_by_dev[dev] = False
+                if sync is False or err:
+                    flags = _MAP_SHARED_FIXED
+                    err = (
+                        try_mmap(addr, length, bits, flags, fd, file_offset)
+                        if _INJECTING
+                        else _raw_mmap(addr, length, bits, flags, fd, file_offset)
+                    )
+            else:
+                granularity = _BYTE
+                flags = _FLAGS_OF_KIND[kind]
+                err = (
+                    try_mmap(addr, length, bits, flags, fd, file_offset)
+                    if _INJECTING
+                    else _raw_mmap(addr, length, bits, flags, fd, file_offset)
+                )
+            if err == errno.EINTR:
+                err = try_mmap(addr, length, bits, flags, fd, file_offset)
+            if err:
                 self._mend_after_failed_map(addr, span)
-                raise _map_error(exc) from None
-            m = Mapping._create(
-                self,
-                addr,
-                length,
-                file_offset,
-                protection,
-                sharing,
-                granularity if got is None else got,
-                name,
+                raise _map_error(err)
+            m = new_mapping(
+                self, addr, length, span, file_offset, protection, sharing, granularity, label
             )
         except BaseException:
             with self._lock:
@@ -402,7 +436,9 @@ class Reservation(metaclass=NoPublicConstructor):
             raise
         with self._lock:
             index.replace(addr, m)
-            gate.leave_shared()
+            gate._shared -= 1
+            if not gate._shared:
+                gate.wake()
         return m
 
     # -- keeping the range whole ---------------------------------------------------------------
@@ -424,17 +460,18 @@ class Reservation(metaclass=NoPublicConstructor):
             self._note_hole(addr, addr + span)
             self._warn_hole(addr, addr + span)
 
-    def _replace_with_placeholder(self, addr: int, span: int) -> bool:
-        """Lay a placeholder over ``[addr, addr+span)`` (an unmap). Raises with nothing changed,
-        or succeeds. Returns True if the range could only be freed, not re-held: it is then
-        noted as a hole and the caller warns once its own state is consistent.
+    def _replace_with_placeholder(self, addr: int, span: int, err: int) -> bool:
+        """The rest of an unmap whose placeholder overlay (MAP_FIXED over the mapping) failed
+        with ``err``. Raises with nothing changed, or succeeds; returns True if the range could
+        only be freed, not re-held: it is then noted as a hole and the caller warns once its own
+        state is consistent.
         """
-        try:
-            lay_placeholder(addr, span)
-            return False
-        except OSError as exc:
-            if exc.errno != errno.ENOMEM:
-                raise
+        if err == errno.EINTR:
+            err = try_mmap(addr, span, _ffi.PROT_NONE, _PLACEHOLDER_FIXED)
+            if not err:
+                return False
+        if err != errno.ENOMEM:
+            raise os_error(err)
         # At the VMA limit (vm.max_map_count) the kernel refuses the overlay, which needs an
         # extra VMA for a moment, while munmap + a MAP_FIXED_NOREPLACE placeholder (which merges
         # with its neighbours) goes through. Between the two calls the range is free: if
@@ -674,9 +711,11 @@ class Reservation(metaclass=NoPublicConstructor):
             warnings.warn(
                 f"unclosed reservation {self!r}", ResourceWarning, stacklevel=2, source=self
             )
-            self.close()
-        except Exception:
-            pass
+        finally:
+            # Released even when the warning is an error (-W error): it then leaves __del__
+            # and is reported as unraisable, as for an unclosed file.
+            with contextlib.suppress(Exception):  # a view still reaches into it
+                self.close()
 
     # -- views -------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from typing import Final, final
 
 from .. import _ffi
@@ -22,13 +21,12 @@ class Source:
     """An open file ready to be mapped. ``owned``: the descriptor was opened here (from a path)
     and must be closed once the mapping is made."""
 
-    __slots__ = ("dev", "fd", "name", "owned", "size")
+    __slots__ = ("fd", "name", "owned", "size")
 
-    def __init__(self, fd: int, owned: bool, size: int, dev: int, name: str) -> None:
+    def __init__(self, fd: int, owned: bool, size: int, name: str) -> None:
         self.fd = fd
         self.owned = owned
         self.size = size
-        self.dev = dev
         self.name = name
 
     def close(self) -> None:
@@ -38,28 +36,27 @@ class Source:
 
 
 def _check_fd(fd: int, name: str, owned: bool) -> Source:
-    try:
-        info = _ffi.fdinfo(fd)
-    except OSError as exc:
+    size = _ffi.fdcheck(fd)
+    if size < 0:
         if owned:
             os.close(fd)
-        if exc.errno == errno.EBADF:
-            raise InvalidFileHandleError(f"file descriptor {fd} is not open") from None
-        raise
-    accmode = info.flags & _ffi.O_ACCMODE
-    problem: Exception | None = None
-    if info.flags & _ffi.O_PATH:
-        problem = InvalidFileHandleError(f"file descriptor {fd} is an O_PATH descriptor")
-    elif accmode == _ffi.O_WRONLY:
-        problem = InvalidFileHandleError(f"file descriptor {fd} is open write-only")
-    elif not stat.S_ISREG(info.mode):
-        kind = "a directory" if stat.S_ISDIR(info.mode) else "not a regular file"
-        problem = InvalidFileTypeError(f"{name} is {kind}")
-    if problem is not None:
-        if owned:
-            os.close(fd)
-        raise problem
-    return Source(fd, owned, info.size, info.dev, name)
+        raise fd_error(fd, size, name)
+    return Source(fd, owned, size, name)
+
+
+def fd_error(fd: int, code: int, name: str) -> Exception:
+    """The exception for a negative ``_ffi.fdcheck`` result."""
+    if code == _ffi.AP_FD_PATH:
+        return InvalidFileHandleError(f"{name} is an O_PATH descriptor")
+    if code == _ffi.AP_FD_WRONLY:
+        return InvalidFileHandleError(f"{name} is open write-only")
+    if code == _ffi.AP_FD_DIR:
+        return InvalidFileTypeError(f"{name} is a directory")
+    if code == _ffi.AP_FD_NOTREG:
+        return InvalidFileTypeError(f"{name} is not a regular file")
+    if code == -errno.EBADF:
+        return InvalidFileHandleError(f"file descriptor {fd} is not open")
+    return OSError(-code, os.strerror(-code))
 
 
 def open_source(file: object, writable: bool) -> Source:

@@ -9,8 +9,7 @@ is retried: none of these calls has a partial effect when interrupted.
 from __future__ import annotations
 
 import os
-import threading
-from errno import EINTR
+from errno import EINTR, EIO
 from typing import Final
 
 from . import _inject
@@ -18,6 +17,11 @@ from ._lib import ffi, lib
 from ._window import Window
 
 __all__ = [
+    "AP_FD_DIR",
+    "AP_FD_NOTREG",
+    "AP_FD_PATH",
+    "AP_FD_WRONLY",
+    "INJECTING",
     "MAP_ANONYMOUS",
     "MAP_FIXED",
     "MAP_FIXED_NOREPLACE",
@@ -35,15 +39,19 @@ __all__ = [
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
-    "FdInfo",
     "Window",
-    "fdinfo",
+    "fdcheck",
+    "last_dev",
     "madvise",
     "mmap_anywhere",
     "mmap_fixed",
     "msync",
     "munmap",
     "open_path",
+    "raw_fdcheck",
+    "raw_mmap_fixed",
+    "strerror",
+    "try_mmap_fixed",
 ]
 
 PAGE_SIZE: Final[int] = int(lib.ap_page_size())
@@ -67,7 +75,7 @@ O_PATH: Final[int] = lib.O_PATH
 
 _ACTIVE = _inject.ACTIVE
 _intercept = _inject.intercept
-_strerror = os.strerror
+_strerror = strerror = os.strerror
 
 # Largest values the C prototypes accept; callers validate before, this is the last guard.
 _SIZE_MAX: Final = 2**64 - 1
@@ -138,35 +146,56 @@ def madvise(addr: int, length: int, advice: int) -> None:
             raise _fail(err)
 
 
-class FdInfo:
-    """What ``fdinfo`` reads of a descriptor: size, device, mode bits and open flags."""
+AP_FD_PATH: Final[int] = lib.AP_FD_PATH
+AP_FD_WRONLY: Final[int] = lib.AP_FD_WRONLY
+AP_FD_DIR: Final[int] = lib.AP_FD_DIR
+AP_FD_NOTREG: Final[int] = lib.AP_FD_NOTREG
+_fdcheck = lib.ap_fdcheck
+last_dev = lib.ap_last_dev
 
-    __slots__ = ("dev", "flags", "mode", "size")
-
-    def __init__(self, size: int, dev: int, mode: int, flags: int) -> None:
-        self.size = size
-        self.dev = dev
-        self.mode = mode
-        self.flags = flags
-
-
-_tls = threading.local()
+#: The compiled calls themselves, for the hot paths of the core: no injection seam and no EINTR
+#: retry, so a caller uses them only while ``INJECTING`` is empty (falsy) and falls back to the
+#: wrappers (``fdcheck``, ``try_mmap_fixed``) on EINTR. Saves a Python frame per call.
+raw_fdcheck = lib.ap_fdcheck
+raw_mmap_fixed = lib.ap_mmap_fixed
+#: Truthy while any injection is active (``aiopmem.testing.inject``).
+INJECTING: Final = _ACTIVE
 
 
-def fdinfo(fd: int) -> FdInfo:
-    """fcntl(F_GETFL) + fstat of ``fd`` in one call into C."""
-    while _ACTIVE and _intercept("fstat"):
-        pass
-    try:
-        out = _tls.fdinfo
-    except AttributeError:
-        out = _tls.fdinfo = ffi.new("struct ap_fdinfo *")
-    err = lib.ap_fdinfo(fd, out)
+def fdcheck(fd: int) -> int:
+    """The size of the readable regular file open as ``fd``, or a negative code: ``-errno``
+    (fcntl/fstat failed) or ``AP_FD_PATH`` / ``AP_FD_WRONLY`` / ``AP_FD_DIR`` /
+    ``AP_FD_NOTREG``. Its device is then ``last_dev()`` in the same thread."""
+    if _ACTIVE:
+        try:
+            while _intercept("fstat"):
+                pass
+        except OSError as exc:  # injected: reported as a real failure is (callers close fds)
+            return -(exc.errno or EIO)
+    r: int = _fdcheck(fd)
+    while r == -EINTR:
+        r = _fdcheck(fd)
+    return r
+
+
+_mmap_fixed = lib.ap_mmap_fixed
+
+
+def try_mmap_fixed(
+    addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
+) -> int:
+    """``mmap_fixed`` returning the errno (0 on success) instead of raising: the hot paths
+    branch on it without the cost of an exception."""
+    if _ACTIVE:
+        try:
+            while _intercept("mmap"):
+                pass
+        except OSError as exc:
+            return exc.errno or EINTR
+    err: int = _mmap_fixed(addr, length, prot, flags, fd, offset)
     while err == EINTR:
-        err = lib.ap_fdinfo(fd, out)
-    if err:
-        raise _fail(err)
-    return FdInfo(out.size, out.dev, out.mode, out.flags)
+        err = _mmap_fixed(addr, length, prot, flags, fd, offset)
+    return err
 
 
 def open_path(path: str | bytes, flags: int) -> int:

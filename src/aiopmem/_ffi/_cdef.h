@@ -8,17 +8,12 @@ static const int MS_ASYNC, MS_SYNC, MS_INVALIDATE;
 static const int MADV_NORMAL, MADV_DONTNEED, MADV_WILLNEED;
 static const int O_ACCMODE, O_RDONLY, O_WRONLY, O_RDWR, O_PATH;
 
-struct ap_fdinfo {
-    int64_t size;
-    uint64_t dev;
-    unsigned int mode;
-    int flags;
-};
-
 long ap_page_size(void);
 int ap_mmap_fixed(uintptr_t addr, size_t length, int prot, int flags, int fd, int64_t offset);
 uintptr_t ap_mmap_anywhere(size_t length, int prot, int flags, int *err);
 int ap_munmap(uintptr_t addr, size_t length);
 int ap_msync(uintptr_t addr, size_t length, int flags);
 int ap_madvise(uintptr_t addr, size_t length, int advice);
-int ap_fdinfo(int fd, struct ap_fdinfo *out);
+int64_t ap_fdcheck(int fd);
+uint64_t ap_last_dev(void);
+static const int64_t AP_FD_PATH, AP_FD_WRONLY, AP_FD_DIR, AP_FD_NOTREG;
