@@ -354,8 +354,8 @@ async def _run_cancelled(
         real = async_reservation_module.run_blocking
         from aiopmem._async import _mapping as async_mapping_module
 
-        async def then_cancel(fn: Callable[..., Any], *args: Any) -> Any:
-            result = await real(fn, *args)
+        async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            result = await real(fn, *args, **kwargs)
             scope.cancel()
             return result
 
@@ -415,8 +415,8 @@ async def test_cancelled_reserve_leaks_nothing(when: str, monkeypatch: pytest.Mo
     else:
         real = async_reservation_module.run_blocking
 
-        async def then_cancel(fn: Callable[..., Any], *args: Any) -> Any:
-            result = await real(fn, *args)
+        async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            result = await real(fn, *args, **kwargs)
             scope.cancel()
             return result
 

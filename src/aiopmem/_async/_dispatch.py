@@ -1,28 +1,134 @@
 """How the async layer runs a blocking core call: in a worker thread, never on the event loop.
 
-Every call goes through ``run_blocking``, one thread hop per logical operation. The worker's
-result is always collected: the call is not abandoned when the calling task is cancelled (a
-mutation must never be left running unobserved); the caller decides afterwards what the
-cancellation means for the operation (see the cancellation notes of each method).
+Every call goes through ``run_blocking``: one job on the worker pool (``_workers``) per logical
+operation, its outcome handed back to the waiting task by the backend's own machinery: an
+asyncio future, or trio's ``wait_task_rescheduled``/``reschedule``.
+
+Cancellation: a caller whose scope is already cancelled starts nothing. Once the job is
+submitted it is never abandoned: the caller waits for its outcome even if cancelled meanwhile
+(a mutation must not be left running unobserved), then the pending cancellation is delivered
+at the caller's next checkpoint; each async method decides what that means for its operation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import anyio.to_thread
+import anyio
+import anyio.lowlevel
+
+from ._workers import Job, Port, submit
 
 __all__ = ["run_blocking"]
 
 T = TypeVar("T")
 
+_get_running_loop = asyncio._get_running_loop
+_asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
+    weakref.WeakKeyDictionary()
+)
 
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in a worker thread and return its result.
 
-    Cancellation: checked before the call starts (a cancelled caller starts nothing); once the
-    call runs, the caller waits for it to finish and gets its result or exception, and the
-    pending cancellation is delivered at the caller's next checkpoint.
+async def run_blocking(
+    fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None
+) -> T:
+    """Run ``fn(*args)`` in a worker thread and return its result (or raise its exception).
+
+    Cancellation: checked before the call starts (a cancelled caller starts nothing). Once the
+    call runs it is waited for to the end. If the cancellation interrupts the wait (asyncio),
+    the call's result is passed to ``undo`` (in a worker, shielded) before the cancellation
+    propagates; otherwise (trio, or a cancellation arriving as the result is delivered) the
+    result is returned and the cancellation is delivered at the caller's next checkpoint,
+    where the caller undoes what it must.
     """
-    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=False)
+    loop = _get_running_loop()
+    if loop is not None:
+        return await _run_asyncio(loop, fn, args, undo)  # type: ignore[no-any-return]
+    return await _run_trio(fn, args)  # type: ignore[no-any-return]
+
+
+# -- asyncio -------------------------------------------------------------------------------------
+
+
+def _asyncio_deliver(job: Job) -> None:
+    job.delivered = True
+    waiter = job.waiter
+    if not waiter.done():  # a cancelled waiter: the task re-waits (see _run_asyncio)
+        waiter.set_result(None)
+
+
+def _asyncio_port(loop: asyncio.AbstractEventLoop) -> Port:
+    port = _asyncio_ports.get(loop)
+    if port is None:
+        port = _asyncio_ports[loop] = Port(loop.call_soon_threadsafe, _asyncio_deliver)
+    return port
+
+
+async def _run_asyncio(
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[..., Any],
+    args: Any,
+    undo: Callable[[Any], object] | None,
+) -> Any:
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    job = Job(fn, args, _asyncio_port(loop))
+    job.waiter = loop.create_future()
+    submit(job)
+    try:
+        await job.waiter
+    except asyncio.CancelledError:
+        # Cancelled while the job runs: never abandon it. Wait for its outcome shielded, then
+        # let the cancellation continue.
+        with anyio.CancelScope(shield=True):
+            while not job.delivered:
+                job.waiter = loop.create_future()
+                await job.waiter
+            result = job.outcome()  # an error of the job is more informative
+            if undo is not None:
+                await _run_asyncio(loop, undo, (result,), None)
+        raise
+    return job.outcome()
+
+
+# -- trio ----------------------------------------------------------------------------------------
+
+_trio_ports: weakref.WeakKeyDictionary[object, Port] = weakref.WeakKeyDictionary()
+
+
+def _trio_port() -> Port:
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+    port = _trio_ports.get(token)
+    if port is None:
+        port = _trio_ports[token] = Port(token.run_sync_soon, _trio_deliver)
+    return port
+
+
+def _trio_deliver(job: Job) -> None:
+    import outcome
+    import trio
+
+    job.delivered = True
+    trio.lowlevel.reschedule(job.waiter, outcome.Value(None))
+
+
+def _cannot_abort(_: Any) -> Any:
+    import trio
+
+    return trio.lowlevel.Abort.FAILED
+
+
+async def _run_trio(fn: Callable[..., Any], args: Any) -> Any:
+    import trio
+
+    await trio.lowlevel.checkpoint_if_cancelled()
+    job = Job(fn, args, _trio_port())
+    job.waiter = trio.lowlevel.current_task()
+    submit(job)
+    # Abort.FAILED: a cancellation cannot interrupt this wait; it is delivered afterwards.
+    await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
+    return job.outcome()

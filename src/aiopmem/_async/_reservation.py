@@ -199,7 +199,7 @@ class Reservation(metaclass=NoPublicConstructor):
         gate = self._gate
         await gate.enter_shared()
         try:
-            core = await run_blocking(call)
+            core = await run_blocking(call, undo=_unmap_core)
         finally:
             gate.leave_shared()
         mapping = self._wrap(core)
@@ -300,8 +300,18 @@ def reserve(
     return Opening(partial(_reserve, size, address, max_size))
 
 
+def _unmap_core(mapping: _core.Mapping) -> None:
+    mapping.unmap()
+
+
+def _close_core(rsv: _core.Reservation) -> None:
+    rsv.close()
+
+
 async def _reserve(size: int, address: int | None, max_size: int | None) -> Reservation:
-    core = await run_blocking(partial(_core.reserve, size, address=address, max_size=max_size))
+    core = await run_blocking(
+        partial(_core.reserve, size, address=address, max_size=max_size), undo=_close_core
+    )
     rsv = Reservation._create(core)
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()
