@@ -16,7 +16,7 @@ $(PY):
 
 # Reinstalls (and recompiles the C parts) only when the build inputs change.
 $(STAMP): $(SOURCES) | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint,docs]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint,docs,progress]'
 	@touch $@
 
 demo: $(STAMP)

@@ -96,6 +96,15 @@ class Reservation(metaclass=NoPublicConstructor):
         """
         return self._core.view(offset, length)
 
+    def describe(self, *, width: int = 64) -> str:
+        """A picture of the reservation for people (header, one-line map, table of mappings);
+        plain and non-blocking. See ``aiopmem.sync.Reservation.describe``.
+
+        Raises:
+            TypeError, ValueError: a bad ``width``.
+        """
+        return self._core.describe(width=width)
+
     # -- lookups (plain) -----------------------------------------------------------------------
 
     def _wrap(self, core: _core.Mapping | None) -> Mapping | None:

@@ -30,6 +30,7 @@ from typing import Final, final
 from .. import _ffi
 from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
 from ._construct import NoPublicConstructor
+from ._describe import Layout, Row, render
 from ._enums import Granularity, Protection, Sharing, prot_bits
 from ._errors import (
     AddressUnalignedError,
@@ -773,6 +774,51 @@ class Reservation(metaclass=NoPublicConstructor):
             for m in covered_by:
                 m._add_span(window)
             return mv
+
+    # -- describe (plain, never waits for a syscall) -------------------------------------------
+
+    def describe(self, *, width: int = 64) -> str:
+        """A picture of the reservation for people: a header line (address range, size,
+        max_size, number of mappings), a one-line map of ``[address, address + max_size)`` in
+        ``width`` columns (a symbol per mapping, ``.`` placeholder, ``~`` headroom past
+        ``size``; when there is headroom, a second line maps ``[address, address + size)``
+        alone), and a table of the mappings: offset, size, end, file_offset, protection,
+        sharing, file (path, or ``anonymous``). A closed reservation gives one line.
+
+        Drawn from a consistent snapshot of the library's state, like ``mappings()``: a mapping
+        being made is not shown yet, one being unmapped still is.
+
+        Raises:
+            TypeError: width is not an integer.
+            ValueError: width < 1.
+        """
+        columns = as_int(width, "width")
+        if columns < 1:
+            raise ValueError(f"width {columns} is not positive")
+        with self._lock:
+            if self._closed:
+                layout = None
+            else:
+                base = self._address
+                layout = Layout(
+                    base,
+                    self._size,
+                    self._max_size,
+                    # Public attributes only: the mapping's internals are the hot path's.
+                    tuple(
+                        Row(
+                            m.address - base,
+                            m.size,
+                            m.file,
+                            m.file_offset,
+                            m.protection,
+                            m.sharing,
+                        )
+                        for m in self._index.values()
+                    ),
+                    tuple((s - base, e - base) for s, e in sorted(self._holes.items())),
+                )
+        return render(layout, columns)
 
     # -- lookups (plain, never wait for a syscall) ---------------------------------------------
 

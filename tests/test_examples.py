@@ -1,0 +1,52 @@
+"""Every script in examples/ runs as a user would run it: ``python examples/X.py``, no
+arguments, exit status 0, and it leaves nothing behind in the temporary directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: Examples that need an optional dependency (an extra of the package).
+NEEDS = {
+    "trio_basics.py": "trio",
+    "numpy_over_files.py": "numpy",
+    "growing_array.py": "numpy",
+}
+
+
+def test_the_examples_are_there() -> None:
+    assert {p.name for p in EXAMPLES.glob("*.py")} >= {
+        "asyncio_basics.py",
+        "trio_basics.py",
+        "sync_threads.py",
+        "numpy_over_files.py",
+        "growing_array.py",
+    }
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_example_runs(name: str, tmp_path: Path) -> None:
+    needed = NEEDS.get(name)
+    if needed is not None and importlib.util.find_spec(needed) is None:
+        pytest.skip(f"needs {needed}")
+    # A private temporary directory, to see that the example cleans up after itself.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith(name.removesuffix(".py") + ":") and last.endswith("OK"), proc.stdout
+    assert list(tmp_path.iterdir()) == [], "the example left files behind"
