@@ -69,17 +69,15 @@ def model_values(model: Model) -> list[Any]:
 def check_structure(index: IntervalIndex[Any]) -> None:
     """The bucket invariants every lookup relies on."""
     load = _intervals._LOAD
-    assert len(index._starts) == len(index._ends) == len(index._items) == len(index._firsts)
-    for starts, ends, items, first in zip(
-        index._starts, index._ends, index._items, index._firsts, strict=True
-    ):
+    assert len(index._starts) == len(index._firsts)
+    for starts, first in zip(index._starts, index._firsts, strict=True):
         assert starts, "empty bucket left behind"
         assert len(starts) <= 2 * load
-        assert len(ends) == len(items) == len(starts)
         assert first == starts[0]
     flat = [s for bucket in index._starts for s in bucket]
     assert flat == sorted(flat)
     assert len(flat) == len(set(flat))
+    assert set(flat) == set(index._end) == set(index._item)
 
 
 # -- the state machine -------------------------------------------------------------------------

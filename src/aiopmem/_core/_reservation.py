@@ -436,9 +436,9 @@ class Reservation(metaclass=NoPublicConstructor):
                 gate.leave_shared()
             raise
         with self._lock:
-            index.replace(addr, m)
+            index._item[addr] = m  # the claim becomes the mapping (IntervalIndex.replace)
             gate._shared -= 1
-            if not gate._shared:
+            if gate._sleepers:
                 gate.wake()
         return m
 
