@@ -77,7 +77,7 @@ def check_structure(index: IntervalIndex[Any]) -> None:
     flat = [s for bucket in index._starts for s in bucket]
     assert flat == sorted(flat)
     assert len(flat) == len(set(flat))
-    assert set(flat) == set(index._end) == set(index._item)
+    assert set(flat) == set(index._entry)
 
 
 # -- the state machine -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ overlapping inserts (``overlaps``) but are invisible to the lookups (``find``, `
 completes while nobody else can take its range.
 
 Storage: the starts live in a list of sorted buckets (at most ``2 * _LOAD`` each) with the first
-start of every bucket in ``_firsts``; each start's end and payload live in dicts. Positional
+start of every bucket in ``_firsts``; each start's ``(end, payload)`` lives in a dict. Positional
 queries are two binary searches; an insert or a removal moves at most one bucket's worth of
 pointers; swapping a payload (a claim becoming a mapping) is a dict store. A reservation with
 50,000 mappings thus costs about what one with 100 does.
@@ -30,17 +30,17 @@ _LOAD: Final = 512
 
 
 class IntervalIndex(Generic[T]):
-    __slots__ = ("_end", "_firsts", "_item", "_starts")
+    __slots__ = ("_entry", "_firsts", "_starts")
 
     def __init__(self) -> None:
         self._starts: list[list[int]] = []
         self._firsts: list[int] = []
-        self._end: dict[int, int] = {}
-        self._item: dict[int, T | None] = {}
+        #: start -> (end, payload): one dict lookup per entry visited.
+        self._entry: dict[int, tuple[int, T | None]] = {}
 
     def __len__(self) -> int:
         """Number of entries, claims included."""
-        return len(self._end)
+        return len(self._entry)
 
     # -- positions -------------------------------------------------------------------------
 
@@ -54,7 +54,7 @@ class IntervalIndex(Generic[T]):
     def _first_at_or_after(self, lo: int) -> tuple[int, int] | None:
         """Position of the first entry that ends after ``lo``, or None."""
         b, i = self._locate(lo)
-        if i >= 0 and self._end[self._starts[b][i]] > lo:
+        if i >= 0 and self._entry[self._starts[b][i]][0] > lo:
             return b, i
         return self._next_pos(b, i)
 
@@ -75,7 +75,7 @@ class IntervalIndex(Generic[T]):
         return None
 
     def _exact(self, start: int) -> tuple[int, int]:
-        if start not in self._end:
+        if start not in self._entry:
             raise KeyError(start)
         return self._locate(start)
 
@@ -91,7 +91,7 @@ class IntervalIndex(Generic[T]):
         else:
             b, i = self._locate(lo)
             starts = starts_of[b]
-            if i >= 0 and self._end[starts[i]] > lo:
+            if i >= 0 and self._entry[starts[i]][0] > lo:
                 return False
             i += 1
             if i < len(starts):
@@ -104,15 +104,14 @@ class IntervalIndex(Generic[T]):
                 self._firsts[b] = lo
             if len(starts) > 2 * _LOAD:
                 self._split(b)
-        self._end[lo] = hi
-        self._item[lo] = None
+        self._entry[lo] = (hi, None)
         return True
 
     def insert(self, start: int, end: int, item: T | None) -> None:
         """Add ``[start, end)`` with ``item``; ``ValueError`` if anything intersects it."""
         if not self.claim(start, end):
             raise ValueError(f"[{start:#x}, {end:#x}) intersects an entry")
-        self._item[start] = item
+        self._entry[start] = (end, item)
 
     def _split(self, b: int) -> None:
         starts = self._starts[b]
@@ -122,31 +121,24 @@ class IntervalIndex(Generic[T]):
 
     def remove(self, start: int) -> T | None:
         """Remove the entry that begins at ``start`` and return its payload."""
-        end = self._end.pop(start)  # KeyError if absent
-        try:
-            b, i = self._locate(start)
-            starts = self._starts[b]
-            del starts[i]
-            if not starts:
-                del self._starts[b], self._firsts[b]
-            elif i == 0:
-                self._firsts[b] = starts[0]
-        except BaseException:
-            self._end[start] = end
-            raise
-        return self._item.pop(start)
+        entry = self._entry.pop(start)  # KeyError if absent
+        b, i = self._locate(start)
+        starts = self._starts[b]
+        del starts[i]
+        if not starts:
+            del self._starts[b], self._firsts[b]
+        elif i == 0:
+            self._firsts[b] = starts[0]
+        return entry[1]
 
     def replace(self, start: int, item: T | None) -> None:
         """Swap the payload of the entry at ``start`` (a claim becoming a mapping)."""
-        if start not in self._item:
-            raise KeyError(start)
-        self._item[start] = item
+        self._entry[start] = (self._entry[start][0], item)
 
     def clear(self) -> None:
         self._starts.clear()
         self._firsts.clear()
-        self._end.clear()
-        self._item.clear()
+        self._entry.clear()
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -157,13 +149,18 @@ class IntervalIndex(Generic[T]):
 
     def find(self, lo: int, hi: int) -> T | None:
         """The lowest non-claim entry intersecting ``[lo, hi)`` (``hi > lo``)."""
+        b, i = self._locate(lo)
+        entry = self._entry
+        if i >= 0:
+            end, item = entry[self._starts[b][i]]
+            if end > lo and item is not None:
+                return item  # the common hit: the entry containing lo
         pos = self._first_at_or_after(lo)
-        item_of = self._item
         while pos is not None:
             start = self._starts[pos[0]][pos[1]]
             if start >= hi:
                 return None
-            item = item_of[start]
+            item = entry[start][1]
             if item is not None:
                 return item
             pos = self._next_pos(*pos)
@@ -177,7 +174,8 @@ class IntervalIndex(Generic[T]):
             start = self._starts[pos[0]][pos[1]]
             if start >= hi:
                 break
-            out.append((start, self._end[start], self._item[start]))
+            end, item = self._entry[start]
+            out.append((start, end, item))
             pos = self._next_pos(*pos)
         return out
 
@@ -185,7 +183,7 @@ class IntervalIndex(Generic[T]):
         """The first non-claim entry after the one at ``start``."""
         pos = self._next_pos(*self._exact(start))
         while pos is not None:
-            item = self._item[self._starts[pos[0]][pos[1]]]
+            item = self._entry[self._starts[pos[0]][pos[1]]][1]
             if item is not None:
                 return item
             pos = self._next_pos(*pos)
@@ -195,44 +193,45 @@ class IntervalIndex(Generic[T]):
         """The last non-claim entry before the one at ``start``."""
         pos = self._prev_pos(*self._exact(start))
         while pos is not None:
-            item = self._item[self._starts[pos[0]][pos[1]]]
+            item = self._entry[self._starts[pos[0]][pos[1]]][1]
             if item is not None:
                 return item
             pos = self._prev_pos(*pos)
         return None
 
     def first(self) -> T | None:
-        item_of = self._item
+        entry = self._entry
         for bucket in self._starts:
             for start in bucket:
-                item = item_of[start]
+                item = entry[start][1]
                 if item is not None:
                     return item
         return None
 
     def last(self) -> T | None:
-        item_of = self._item
+        entry = self._entry
         for bucket in reversed(self._starts):
             for start in reversed(bucket):
-                item = item_of[start]
+                item = entry[start][1]
                 if item is not None:
                     return item
         return None
 
     def values(self) -> list[T]:
         """Every non-claim payload, in address order."""
-        item_of = self._item
+        entry = self._entry
         out = []
         for bucket in self._starts:
             for start in bucket:
-                item = item_of[start]
+                item = entry[start][1]
                 if item is not None:
                     out.append(item)
         return out
 
     def intervals(self) -> Iterator[tuple[int, int, T | None]]:
         """Every entry as ``(start, end, payload)``, claims included, in address order."""
-        end_of, item_of = self._end, self._item
+        entry = self._entry
         for bucket in self._starts:
             for start in bucket:
-                yield start, end_of[start], item_of[start]
+                end, item = entry[start]
+                yield start, end, item

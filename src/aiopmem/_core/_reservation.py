@@ -436,7 +436,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 gate.leave_shared()
             raise
         with self._lock:
-            index._item[addr] = m  # the claim becomes the mapping (IntervalIndex.replace)
+            index._entry[addr] = (addr + span, m)  # the claim becomes the mapping (replace())
             gate._shared -= 1
             if gate._sleepers:
                 gate.wake()
@@ -827,8 +827,8 @@ class Reservation(metaclass=NoPublicConstructor):
         the mapping containing ``offset``. None if there is none (out-of-range arguments and
         a closed reservation included). A mapping being made is not visible yet; one being
         unmapped still is."""
-        off = as_int(offset, "offset")
-        n = as_int(length, "length")
+        off = offset if type(offset) is int else as_int(offset, "offset")
+        n = length if type(length) is int else as_int(length, "length")
         if n < 0:
             return None
         with self._lock:
