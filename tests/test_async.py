@@ -315,6 +315,18 @@ def _outcomes(name: str, before: Any, rsv: aiopmem.Reservation) -> tuple[Any, An
     return before, "closed"
 
 
+def _loop_scheduler() -> Callable[[Callable[[], object]], object]:
+    """The running event loop's thread-safe "call soon" (for a worker to cancel a scope)."""
+    try:
+        import asyncio
+
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+
+
 async def _run_cancelled(
     name: str, when: str, holey_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -349,15 +361,19 @@ async def _run_cancelled(
                 await anyio.sleep(0.1)
                 scope.cancel()
         assert inj.fired >= 1
-    else:  # "after": the cancellation lands right after the worker's call returned
+    else:  # "after": the cancellation lands right after the syscall, before the result is back
         scope = anyio.CancelScope()
+        schedule = _loop_scheduler()
         real = async_reservation_module.run_blocking
         from aiopmem._async import _mapping as async_mapping_module
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            result = await real(fn, *args, **kwargs)
-            scope.cancel()
-            return result
+            def in_worker(*a: Any) -> Any:
+                result = fn(*a)
+                schedule(scope.cancel)  # reaches the loop before the job's result does
+                return result
+
+            return await real(in_worker, *args, **kwargs)
 
         monkeypatch.setattr(async_reservation_module, "run_blocking", then_cancel)
         monkeypatch.setattr(async_mapping_module, "run_blocking", then_cancel)
@@ -414,11 +430,15 @@ async def test_cancelled_reserve_leaks_nothing(when: str, monkeypatch: pytest.Mo
                 scope.cancel()
     else:
         real = async_reservation_module.run_blocking
+        schedule = _loop_scheduler()
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-            result = await real(fn, *args, **kwargs)
-            scope.cancel()
-            return result
+            def in_worker(*a: Any) -> Any:
+                result = fn(*a)
+                schedule(scope.cancel)
+                return result
+
+            return await real(in_worker, *args, **kwargs)
 
         monkeypatch.setattr(async_reservation_module, "run_blocking", then_cancel)
         with scope:

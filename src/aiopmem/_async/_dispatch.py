@@ -4,10 +4,13 @@ Every call goes through ``run_blocking``: one job on the worker pool (``_workers
 operation, its outcome handed back to the waiting task by the backend's own machinery: an
 asyncio future, or trio's ``wait_task_rescheduled``/``reschedule``.
 
-Cancellation: a caller whose scope is already cancelled starts nothing. Once the job is
-submitted it is never abandoned: the caller waits for its outcome even if cancelled meanwhile
-(a mutation must not be left running unobserved), then the pending cancellation is delivered
-at the caller's next checkpoint; each async method decides what that means for its operation.
+Cancellation: a submitted job is never abandoned: the caller waits for its outcome even if
+cancelled meanwhile (a mutation must not be left running unobserved). If the caller was
+cancelled before it could receive the outcome, the cancellation propagates from
+``run_blocking`` once the job is done, after the result has been given to ``undo`` (a map is
+unmapped again, a new reservation closed); without ``undo`` the job's effect stands. The
+caller resumes with the result only when it was not cancelled by then, so a result never
+falls between the worker and the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 
 from ._workers import Job, Port, submit
 
@@ -33,21 +35,22 @@ _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
 
 
 async def run_blocking(
-    fn: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None
+    fn: Callable[..., T],
+    *args: Any,
+    undo: Callable[[T], object] | None = None,
+    always: bool = False,
 ) -> T:
     """Run ``fn(*args)`` in a worker thread and return its result (or raise its exception).
 
-    Cancellation: checked before the call starts (a cancelled caller starts nothing). Once the
-    call runs it is waited for to the end. If the cancellation interrupts the wait (asyncio),
-    the call's result is passed to ``undo`` (in a worker, shielded) before the cancellation
-    propagates; otherwise (trio, or a cancellation arriving as the result is delivered) the
-    result is returned and the cancellation is delivered at the caller's next checkpoint,
-    where the caller undoes what it must.
+    Cancellation: the call is always waited for to the end. If the caller is cancelled by then
+    (on trio a cancelled caller does not even start it, unless ``always``), the result is
+    passed to ``undo`` (in a worker, shielded) and the cancellation propagates; otherwise the
+    result is returned.
     """
     loop = _get_running_loop()
     if loop is not None:
         return await _run_asyncio(loop, fn, args, undo)  # type: ignore[no-any-return]
-    return await _run_trio(fn, args)  # type: ignore[no-any-return]
+    return await _run_trio(fn, args, undo, always)  # type: ignore[no-any-return]
 
 
 # -- asyncio -------------------------------------------------------------------------------------
@@ -73,7 +76,9 @@ async def _run_asyncio(
     args: Any,
     undo: Callable[[Any], object] | None,
 ) -> Any:
-    await anyio.lowlevel.checkpoint_if_cancelled()
+    # No checkpoint before submitting: a caller that is already cancelled gets the
+    # CancelledError at its first wait below, and the job is then completed and undone
+    # like one cancelled while running (anyio's checkpoint would cost more than the job).
     job = Job(fn, args, _asyncio_port(loop))
     job.waiter = loop.create_future()
     submit(job)
@@ -122,13 +127,24 @@ def _cannot_abort(_: Any) -> Any:
     return trio.lowlevel.Abort.FAILED
 
 
-async def _run_trio(fn: Callable[..., Any], args: Any) -> Any:
+async def _run_trio(
+    fn: Callable[..., Any], args: Any, undo: Callable[[Any], object] | None, always: bool
+) -> Any:
     import trio
 
-    await trio.lowlevel.checkpoint_if_cancelled()
+    if not always:
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
     job = Job(fn, args, _trio_port())
     job.waiter = trio.lowlevel.current_task()
     submit(job)
     # Abort.FAILED: a cancellation cannot interrupt this wait; it is delivered afterwards.
     await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
-    return job.outcome()
+    result = job.outcome()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if undo is not None:
+            with trio.CancelScope(shield=True):
+                await _run_trio(undo, (result,), None, True)
+        raise
+    return result

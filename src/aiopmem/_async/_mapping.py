@@ -7,7 +7,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, final
 
 import anyio
-import anyio.lowlevel
 
 from .._core import ClosedError, Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
@@ -135,7 +134,6 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
             self._pins -= 1
             if not self._pins:
                 self._notify()
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def unmap(self) -> None:
         """Unmap from a worker thread: the range becomes an inaccessible placeholder of the
@@ -148,9 +146,24 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
             BufferError: a view (or an object built on one) is still alive; nothing changed.
             OSError: the kernel refused; nothing changed.
         """
+        core = self._core
+        if core.closed:
+            return
+        gate = self._rsv._gate
+        if not (self._unmapping or self._pins or gate._exclusive or gate._waiting):
+            # Nothing to wait for: straight to the worker, where a cancellation cannot stop
+            # it (run_blocking waits for the job, then lets the cancellation through).
+            self._unmapping = True
+            gate._shared += 1
+            try:
+                await run_blocking(core.unmap, always=True)
+            finally:
+                gate.leave_shared()
+                self._unmapping = False
+                self._notify()
+            return
         with anyio.CancelScope(shield=True):
             await self._unmap_shielded()
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _unmap_shielded(self) -> None:
         core = self._core

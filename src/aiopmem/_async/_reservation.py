@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any, final
 
 import anyio
-import anyio.lowlevel
 
 from .. import _core
 from .._core import Protection, Sharing
@@ -206,21 +205,16 @@ class Reservation(metaclass=NoPublicConstructor):
 
     async def _map(self, call: partial[_core.Mapping]) -> Mapping:
         gate = self._gate
-        await gate.enter_shared()
+        if gate._exclusive or gate._waiting:
+            await gate.enter_shared()
+        else:
+            gate._shared += 1
         try:
+            # A mapping made for a caller cancelled meanwhile is unmapped again (undo).
             core = await run_blocking(call, undo=_unmap_core)
         finally:
             gate.leave_shared()
-        mapping = self._wrap(core)
-        assert mapping is not None
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()
-        except BaseException:
-            # The caller will never receive the mapping: take it back.
-            with anyio.CancelScope(shield=True):
-                await mapping._unmap_shielded()
-            raise
-        return mapping
+        return self._wrap(core)  # type: ignore[return-value]
 
     # -- extent ----------------------------------------------------------------------------------
 
@@ -238,7 +232,6 @@ class Reservation(metaclass=NoPublicConstructor):
             await run_blocking(self._core.extend, size)
         finally:
             gate.leave_exclusive()
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def shrink(self, offset: int, size: int) -> None:
         """Remove ``[offset, offset+size)`` at the beginning or the end, from a worker thread.
@@ -253,7 +246,6 @@ class Reservation(metaclass=NoPublicConstructor):
             await run_blocking(self._core.shrink, offset, size)
         finally:
             gate.leave_exclusive()
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def aclose(self) -> None:
         """Unmap every mapping and release all the address space (headroom included), from a
@@ -274,7 +266,6 @@ class Reservation(metaclass=NoPublicConstructor):
                     await run_blocking(self._core.close)
                 finally:
                     gate.leave_exclusive()
-        await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def __aenter__(self) -> Reservation:
         return self
@@ -321,11 +312,4 @@ async def _reserve(size: int, address: int | None, max_size: int | None) -> Rese
     core = await run_blocking(
         partial(_core.reserve, size, address=address, max_size=max_size), undo=_close_core
     )
-    rsv = Reservation._create(core)
-    try:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_blocking(core.close)
-        raise
-    return rsv
+    return Reservation._create(core)
