@@ -1,7 +1,9 @@
 /* Thin C helpers behind aiopmem._ffi. Each returns 0 or an errno value, read right after the
    failing call, so Python never has to consult a thread's errno later. Pointers travel as
    uintptr_t: Python ints convert to them without building cdata objects on the hot path. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
