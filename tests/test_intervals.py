@@ -69,15 +69,20 @@ def model_values(model: Model) -> list[Any]:
 def check_structure(index: IntervalIndex[Any]) -> None:
     """The bucket invariants every lookup relies on."""
     load = _intervals._LOAD
-    assert len(index._starts) == len(index._firsts)
-    for starts, first in zip(index._starts, index._firsts, strict=True):
+    assert len(index._starts) == len(index._ends) == len(index._cells) == len(index._firsts)
+    for starts, ends, cells, first in zip(
+        index._starts, index._ends, index._cells, index._firsts, strict=True
+    ):
         assert starts, "empty bucket left behind"
         assert len(starts) <= 2 * load
+        assert len(ends) == len(cells) == len(starts)
         assert first == starts[0]
+        for start, cell in zip(starts, cells, strict=True):
+            assert index._cell[start] is cell
     flat = [s for bucket in index._starts for s in bucket]
     assert flat == sorted(flat)
     assert len(flat) == len(set(flat))
-    assert set(flat) == set(index._entry)
+    assert set(flat) == set(index._cell)
 
 
 # -- the state machine -------------------------------------------------------------------------

@@ -436,7 +436,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 gate.leave_shared()
             raise
         with self._lock:
-            index._entry[addr] = (addr + span, m)  # the claim becomes the mapping (replace())
+            index._cell[addr][0] = m  # the claim becomes the mapping (IntervalIndex.replace)
             gate._shared -= 1
             if gate._sleepers:
                 gate.wake()
