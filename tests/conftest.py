@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import apis
+import reliability
 from kernel import open_fds
 
 MiB = 1 << 20
@@ -63,3 +64,21 @@ def api(request: pytest.FixtureRequest) -> Iterator[str]:
     (see apis.py); scenarios call ``apis.reserve``."""
     with apis.using(request.param) as name:
         yield name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long profiles (``@pytest.mark.long``) run only with AIOPMEM_LONG=1 or ``-m long``."""
+    if reliability.LONG or "long" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="long profile: set AIOPMEM_LONG=1 or pass -m long")
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the reliability suite exercised in this run (operations, faults, inputs...)."""
+    if reliability.TALLY:
+        terminalreporter.section("reliability tally")
+        for key, count in sorted(reliability.TALLY.items()):
+            terminalreporter.write_line(f"{key:>40}: {count:,}")

@@ -19,6 +19,9 @@ _lock: Final = threading.Lock()
 
 SYSCALLS: Final = frozenset({"mmap", "munmap", "msync", "madvise", "open", "fstat"})
 
+#: An errno is a C int: a larger one could not be raised (``os.strerror`` refuses it).
+ERRNO_MAX: Final = 2**31 - 1
+
 
 @final
 class Injection:
@@ -27,6 +30,8 @@ class Injection:
     __slots__ = ("after", "delay", "errno", "fired", "seen", "syscall", "times")
 
     def __init__(self, syscall: str, errno: int | None, delay: float, after: int, times: int):
+        if errno is not None and not 0 < errno <= ERRNO_MAX:
+            raise ValueError(f"errno must be in [1, {ERRNO_MAX}], not {errno}")
         self.syscall = syscall
         self.errno = errno
         self.delay = delay

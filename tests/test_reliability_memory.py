@@ -1,0 +1,303 @@
+"""Memory safety: no sequence of public calls may crash the interpreter.
+
+A child interpreter (so that a SIGSEGV or SIGBUS is observed, not suffered) runs a seeded random
+walk over one reservation: it maps files and anonymous memory, takes views, slices of views,
+``memoryview(view.obj)``, numpy arrays over views and over the buffer exporter itself, and
+reservation-wide views; keeps some alive and drops or releases others; and between those it
+unmaps, closes (and re-reserves), shrinks and extends at random, and reads and writes through
+every object still alive. Objects whose memory is gone must refuse to be used (ValueError from a
+released memoryview, ClosedError from a closed mapping), and unmapping or closing while any of
+them is alive must raise BufferError. The child must exit 0: a negative return code is a death
+by signal.
+
+A second variant runs the same walk in two threads over the same reservation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import random
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reliability import TALLY, Profile, profiles, run_child
+
+PROFILES = profiles(quick={"ops": 5000, "seeds": 3}, long={"ops": 40_000, "seeds": 6})
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["one thread", "two threads"])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_no_crash_through_views(profile: Profile, threads: int, tmp_path: Path) -> None:
+    total: dict[str, int] = {}
+    for seed in range(profile["seeds"]):
+        out = run_child(
+            "import sys, test_reliability_memory as t; t.child(*sys.argv[1:])",
+            str(seed),
+            str(profile["ops"]),
+            str(threads),
+            str(tmp_path),
+            timeout=600,
+        )
+        counts = json.loads(out.strip().splitlines()[-1])
+        for key, n in counts.items():
+            total[key] = total.get(key, 0) + n
+    TALLY["memory fuzz: operations"] += total["operations"]
+    # The walk went where it should: memory refused while alive, refused once gone.
+    assert total["operations"] == profile["ops"] * profile["seeds"] * threads
+    assert total["BufferError on unmap"] > 0
+    assert total["BufferError on close"] > 0
+    assert total["refused after unmap"] > 0
+    assert total["reads"] > 0 and total["writes"] > 0
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+
+class Walk:
+    """One thread's random walk. ``shared`` holds the reservation (replaced after a close),
+    the mappings and the objects alive, shared by the threads."""
+
+    def __init__(self, seed: int, shared: dict[str, Any], path: str, solo: bool) -> None:
+        import numpy as np
+
+        #: alone on the reservation: what it just saw cannot have been changed by another
+        #: thread since (a BufferError stands, the bytes it wrote read back)
+        self.solo = solo
+        self.np = np
+        self.rng = random.Random(seed)
+        self.shared = shared
+        self.path = path
+        self.counts: dict[str, int] = {
+            "operations": 0,
+            "reads": 0,
+            "writes": 0,
+            "BufferError on unmap": 0,
+            "BufferError on close": 0,
+            "refused after unmap": 0,
+        }
+
+    def count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        from aiopmem.sync import ALIGNMENT as P
+        from aiopmem.sync import ClosedError, PmemError, Protection, Sharing, reserve
+
+        rng, sh = self.rng, self.shared
+        rsv = sh["rsv"]
+        alive: list[Any] = sh["alive"]
+        maps: list[Any] = sh["maps"]
+        action = rng.randrange(100)
+        try:
+            if action < 16:
+                off = rng.randrange(0, max(rsv.size // P, 1)) * P
+                n = rng.randint(1, 4) * P
+                prot = rng.choice(
+                    [Protection.READ | Protection.WRITE] * 3 + [Protection.READ, Protection.NONE]
+                )
+                sharing = rng.choice([Sharing.SHARED, Sharing.PRIVATE])
+                if rng.random() < 0.5:
+                    m = rsv.map_anonymous(off, n, protection=prot, sharing=sharing)
+                else:
+                    fo = rng.randrange(0, 8) * P
+                    m = rsv.map_file(
+                        self.path, off, length=n, file_offset=fo, protection=prot, sharing=sharing
+                    )
+                maps.append(m)
+            elif action < 26:
+                if maps:
+                    m = rng.choice(maps)
+                    was_open = not m.closed
+                    try:
+                        m.unmap()
+                    except BufferError:
+                        self.count("BufferError on unmap")
+                        assert not m.closed or not self.solo
+                    else:
+                        assert m.closed
+                        if was_open and rng.random() < 0.5:
+                            with contextlib.suppress(ValueError):  # another thread's
+                                maps.remove(m)
+            elif action < 29:
+                try:
+                    rsv.close()
+                except BufferError:
+                    self.count("BufferError on close")
+                    assert not rsv.closed or not self.solo
+                else:
+                    assert rsv.closed and all(m.closed for m in maps if m.reservation is rsv)
+                    if sh["rsv"] is rsv:
+                        sh["rsv"] = reserve(64 * P, max_size=96 * P)
+                        maps[:] = [m for m in maps if m.reservation is not rsv]
+            elif action < 33:
+                n = rng.randint(1, 8) * P
+                if rng.random() < 0.5:
+                    rsv.shrink(0, n)
+                else:
+                    rsv.shrink(rsv.size - n, n)
+            elif action < 37:
+                rsv.extend(rng.randint(0, 8) * P)
+            elif action < 55:
+                self.take_view(rsv, maps, alive)
+            elif action < 70:
+                try:
+                    obj = alive.pop(rng.randrange(len(alive)))
+                except (IndexError, ValueError):  # empty, or emptied by another thread
+                    pass
+                else:
+                    if isinstance(obj, memoryview) and rng.random() < 0.5:
+                        # (BufferError: a numpy array still uses it; dropping it is enough)
+                        with contextlib.suppress(BufferError):
+                            obj.release()
+                    del obj
+            elif action < 73:
+                if rng.random() < 0.1:
+                    gc.collect()
+            elif action < 78:
+                # A window that may be closed by now: new buffers must be refused, not served.
+                windows = sh["windows"]
+                if windows:
+                    w = rng.choice(windows)
+                    try:
+                        mv = memoryview(w)
+                    except (ValueError, BufferError):
+                        self.count("refused after unmap")
+                    else:
+                        alive.append(mv)
+            elif action < 82:
+                closed = [m for m in maps if m.closed]
+                if closed:
+                    m = rng.choice(closed)
+                    try:
+                        m.view()
+                    except ClosedError:
+                        self.count("refused after unmap")
+                    else:
+                        raise AssertionError("a view of an unmapped mapping")
+            else:
+                self.touch_all(alive)
+        except (PmemError, OSError):
+            pass
+        except IndexError:
+            # rng.choice() of a list another thread emptied meanwhile
+            if self.solo:
+                raise
+        self.count("operations")
+
+    def take_view(self, rsv: Any, maps: list[Any], alive: list[Any]) -> None:
+        np, rng = self.np, self.rng
+        if rng.random() < 0.25:
+            n = rng.randint(0, 16) * 4096
+            base = rsv.view(rng.randrange(0, max(rsv.size - n, 1)), n)
+        elif maps:
+            m = rng.choice(maps)
+            off = rng.randrange(0, m.size + 1)
+            base = m.view(off, rng.randrange(0, m.size - off + 1))
+        else:
+            return
+        kind = rng.randrange(6)
+        if kind == 0:
+            alive.append(base)
+        elif kind == 1:
+            alive.append(base[rng.randrange(0, len(base) + 1) :])
+        elif kind == 2:
+            alive.append(memoryview(base.obj))
+            self.shared["windows"].append(base.obj)
+        elif kind == 3 and len(base):
+            alive.append(np.frombuffer(base, dtype=np.uint8))
+        elif kind == 4 and len(base) >= 8:
+            alive.append(np.frombuffer(base.obj, dtype=np.uint64))
+            self.shared["windows"].append(base.obj)
+        else:
+            alive.append(base)
+            alive.append(base[::2])
+        if rng.random() < 0.3:
+            self.shared["windows"].append(base.obj)
+        del base
+        if len(alive) > 48:
+            del alive[: len(alive) // 2]
+        windows = self.shared["windows"]
+        if len(windows) > 64:
+            del windows[:32]
+
+    def touch_all(self, alive: list[Any]) -> None:
+        np = self.np
+        for obj in list(alive):
+            try:
+                if isinstance(obj, np.ndarray):
+                    if obj.size:
+                        _ = int(obj[:64].sum()) + int(obj[-1])
+                        self.count("reads")
+                        if obj.flags.writeable:
+                            obj[:4] = 0xA5
+                            assert all(obj[:4] == 0xA5) or not self.solo
+                            self.count("writes")
+                    continue
+                if len(obj):
+                    data = obj[:64].tobytes() + obj[-1:].tobytes()
+                    assert len(data) == min(len(obj), 64) + 1
+                    self.count("reads")
+                    if not obj.readonly:
+                        k = min(len(obj), 8)
+                        blob = self.rng.randbytes(k)
+                        obj[:k] = blob
+                        assert obj[:k].tobytes() == blob or not self.solo
+                        self.count("writes")
+            except ValueError:
+                pass  # released
+            except TypeError:
+                raise
+
+
+def child(seed: str, ops: str, threads: str, tmp: str) -> None:
+    from aiopmem.sync import ALIGNMENT as P
+    from aiopmem.sync import reserve
+
+    path = os.path.join(tmp, f"fuzz-{seed}-{threads}.bin")
+    with open(path, "wb") as f:
+        f.write(random.Random(seed).randbytes(16 * P))
+    shared: dict[str, Any] = {
+        "rsv": reserve(64 * P, max_size=96 * P),
+        "alive": [],
+        "maps": [],
+        "windows": [],
+    }
+    walks = [
+        Walk(int(seed) * 1000 + k, shared, path, int(threads) == 1) for k in range(int(threads))
+    ]
+    errors: list[BaseException] = []
+
+    def run(walk: Walk) -> None:
+        try:
+            for _ in range(int(ops)):
+                walk.step()
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    workers = [threading.Thread(target=run, args=(w,)) for w in walks]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    shared["alive"].clear()
+    shared["windows"].clear()
+    gc.collect()
+    shared["rsv"].close()
+    os.unlink(path)
+    total: dict[str, int] = {}
+    for w in walks:
+        for key, n in w.counts.items():
+            total[key] = total.get(key, 0) + n
+    sys.stdout.write(json.dumps(total) + "\n")
