@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
 from collections.abc import Iterator
@@ -82,3 +83,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("reliability tally")
         for key, count in sorted(reliability.TALLY.items()):
             terminalreporter.write_line(f"{key:>40}: {count:,}")
+
+
+@pytest.fixture(autouse=True)
+def _no_stack_dump_in_long_profiles(request: pytest.FixtureRequest) -> None:
+    """The long profiles run past ``faulthandler_timeout``; the watchdog's dump of every
+    thread's stack, taken while the threads run, can itself crash the interpreter (it did, in
+    hypothesis' frames). pytest-timeout still bounds them (``reliability.LONG_TIMEOUT``)."""
+    if request.node.get_closest_marker("long") is not None:
+        faulthandler.cancel_dump_traceback_later()

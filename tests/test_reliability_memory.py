@@ -204,28 +204,31 @@ class Walk:
             base = m.view(off, rng.randrange(0, m.size - off + 1))
         else:
             return
+        # Everything is built before anything is shared: once in ``alive``, another thread
+        # may release ``base``.
         kind = rng.randrange(6)
-        if kind == 0:
-            alive.append(base)
-        elif kind == 1:
-            alive.append(base[rng.randrange(0, len(base) + 1) :])
-        elif kind == 2:
-            alive.append(memoryview(base.obj))
-            self.shared["windows"].append(base.obj)
-        elif kind == 3 and len(base):
-            alive.append(np.frombuffer(base, dtype=np.uint8))
-        elif kind == 4 and len(base) >= 8:
-            alive.append(np.frombuffer(base.obj, dtype=np.uint64))
-            self.shared["windows"].append(base.obj)
-        else:
-            alive.append(base)
-            alive.append(base[::2])
+        windows = self.shared["windows"]
         if rng.random() < 0.3:
-            self.shared["windows"].append(base.obj)
+            windows.append(base.obj)
+        if kind == 0:
+            made = [base]
+        elif kind == 1:
+            made = [base[rng.randrange(0, len(base) + 1) :]]
+        elif kind == 2:
+            made = [memoryview(base.obj)]
+            windows.append(base.obj)
+        elif kind == 3 and len(base):
+            made = [np.frombuffer(base, dtype=np.uint8)]
+        elif kind == 4 and len(base) >= 8:
+            made = [np.frombuffer(base.obj, dtype=np.uint64)]
+            windows.append(base.obj)
+        else:
+            made = [base, base[::2]]
+        alive.extend(made)
+        del made
         del base
         if len(alive) > 48:
             del alive[: len(alive) // 2]
-        windows = self.shared["windows"]
         if len(windows) > 64:
             del windows[:32]
 

@@ -46,7 +46,8 @@ class inject:
     tells how many calls it changed, ``inj.seen`` how many it was offered.
 
     Raises:
-        ValueError: unknown syscall, negative or non-finite delay, negative after or times.
+        ValueError: unknown syscall, an errno outside ``[1, 2**31 - 1]`` (a C int), negative
+            or non-finite delay, negative after or times.
         TypeError: an argument of the wrong type.
     """
 

@@ -668,7 +668,8 @@ class Reservation(metaclass=NoPublicConstructor):
                 with self._lock:
                     for m in mappings:
                         m._state = OPEN
-                    reopen_windows(windows)
+                    # Own windows only: see Mapping.unmap (close_windows kept the rest shut).
+                    reopen_windows([m._window for m in mappings if m._window is not None])
                 raise
             with self._lock:
                 self._index.clear()
@@ -917,7 +918,10 @@ def reserve(size: int, *, address: int | None = None, max_size: int | None = Non
             try:
                 held += take_headroom_after(addr + n, default_headroom(n))
             except BaseException:
-                _ffi.munmap(addr, n)
+                # The headroom's failure is the one to report. Should giving the range back
+                # fail too, nothing else can be done with it: do not mask the first error.
+                with contextlib.suppress(OSError):
+                    _ffi.munmap(addr, n)
                 raise
         return Reservation._create(addr, n, held)
     if limit is None:
