@@ -16,6 +16,8 @@ falls between the worker and the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,6 +31,7 @@ __all__ = ["run_blocking"]
 T = TypeVar("T")
 
 _get_running_loop = asyncio._get_running_loop
+_modules = sys.modules
 _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
     weakref.WeakKeyDictionary()
 )
@@ -48,9 +51,17 @@ async def run_blocking(
     result is returned.
     """
     loop = _get_running_loop()
-    if loop is not None:
+    if loop is not None and not _trio_guest():
         return await _run_asyncio(loop, fn, args, undo)  # type: ignore[no-any-return]
     return await _run_trio(fn, args, undo, always)  # type: ignore[no-any-return]
+
+
+def _trio_guest() -> bool:
+    """Whether this is a trio task run as a guest of the asyncio loop (``start_guest_run``):
+    the loop is then running, but only trio's primitives work. Trio marks the steps of its
+    tasks in sniffio's thread-local (sniffio is loaded when trio is)."""
+    sniffio = _modules.get("sniffio")
+    return sniffio is not None and getattr(sniffio.thread_local, "name", None) == "trio"
 
 
 # -- asyncio -------------------------------------------------------------------------------------
@@ -63,10 +74,26 @@ def _asyncio_deliver(job: Job) -> None:
         waiter.set_result(None)
 
 
+def _weakly(owner: Any, method: str) -> Callable[[Callable[[], None]], object]:
+    """``owner.<method>`` without a strong reference to ``owner``: a port is the value of a
+    weak-keyed entry whose key is ``owner``, and a strong one would keep every event loop (or
+    trio token) that ever used the pool alive. While a job is in flight its waiter (a future
+    of the loop, a task of the run) keeps the owner alive."""
+    ref = weakref.ref(owner)
+
+    def call(callback: Callable[[], None]) -> object:
+        obj = ref()
+        if obj is None:
+            raise RuntimeError("the event loop is gone")
+        return getattr(obj, method)(callback)
+
+    return call
+
+
 def _asyncio_port(loop: asyncio.AbstractEventLoop) -> Port:
     port = _asyncio_ports.get(loop)
     if port is None:
-        port = _asyncio_ports[loop] = Port(loop.call_soon_threadsafe, _asyncio_deliver)
+        port = _asyncio_ports[loop] = Port(_weakly(loop, "call_soon_threadsafe"), _asyncio_deliver)
     return port
 
 
@@ -90,12 +117,27 @@ async def _run_asyncio(
         with anyio.CancelScope(shield=True):
             while not job.delivered:
                 job.waiter = loop.create_future()
-                await job.waiter
+                # The shield keeps anyio's scopes out, not a plain task.cancel() (a second
+                # asyncio.timeout, TaskGroup abort...): that one is absorbed too, or the job
+                # would be abandoned and its result never undone.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job.waiter
             result = job.outcome()  # an error of the job is more informative
             if undo is not None:
-                await _run_asyncio(loop, undo, (result,), None)
+                await _undo_asyncio(loop, undo, result)
         raise
     return job.outcome()
+
+
+async def _undo_asyncio(
+    loop: asyncio.AbstractEventLoop, undo: Callable[[Any], object], result: Any
+) -> None:
+    # If the undo fails (a new mapping is already visible to lookups, and someone took a view
+    # of it before it could be unmapped again), the cancellation still wins: the caller was
+    # cancelled and must see that. What could not be undone stays in its reservation, which
+    # releases it on close.
+    with contextlib.suppress(Exception):
+        await _run_asyncio(loop, undo, (result,), None)
 
 
 # -- trio ----------------------------------------------------------------------------------------
@@ -109,7 +151,7 @@ def _trio_port() -> Port:
     token = trio.lowlevel.current_trio_token()
     port = _trio_ports.get(token)
     if port is None:
-        port = _trio_ports[token] = Port(token.run_sync_soon, _trio_deliver)
+        port = _trio_ports[token] = Port(_weakly(token, "run_sync_soon"), _trio_deliver)
     return port
 
 
@@ -144,7 +186,7 @@ async def _run_trio(
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         if undo is not None:
-            with trio.CancelScope(shield=True):
-                await _run_trio(undo, (result,), None, True)
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await _run_trio(undo, (result,), None, True)  # see _undo_asyncio
         raise
     return result

@@ -21,6 +21,7 @@ waits for it, so none is in flight when the interpreter exits normally.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -67,7 +68,15 @@ class Port:
             if self.pending:
                 return
             self.pending = True
-        self.schedule(self._deliver_all)
+        try:
+            self.schedule(self._deliver_all)
+        except Exception:
+            # The loop is gone (a closed asyncio loop, a finished trio run): nobody can take
+            # this outcome any more. The worker must survive this: a dead worker would count
+            # as "about to look at the queue" forever and strand every later job.
+            with self.lock:
+                self.pending = False
+            self.done.clear()  # for good: do not keep the loop alive through the jobs
 
     def _deliver_all(self) -> None:
         """Runs on the event loop: hand every finished job to its waiting task."""
@@ -180,7 +189,13 @@ class _Pool:
                 self._spare_cond.notify()
                 self._waking = True
                 return
-            self._wake_or_start()
+            try:
+                self._wake_or_start()
+            except Exception:
+                if not self._running:  # no worker at all: the job would never run
+                    self._queue.remove(job)
+                    raise
+                # A running worker takes the job when it is done; only the spare is missing.
 
     def _wake_or_start(self) -> None:
         """Get one more worker to look at the queue (lock held; may release it to start)."""
@@ -190,7 +205,11 @@ class _Pool:
         elif self._threads < MAX_WORKERS:
             self._threads += 1
             name = f"aiopmem-worker-{next(self._names)}"
-            threading.Thread(target=self._work, name=name, daemon=True).start()
+            try:
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            except Exception:  # e.g. "can't start new thread": no phantom worker
+                self._threads -= 1
+                raise
 
     def _take(self, me: int) -> Job | None:
         """Wait for a job this worker should run (lock held); None: retire the thread."""
@@ -241,7 +260,9 @@ class _Pool:
                     and not (self._spare or self._waking)
                     and self._threads == self._running + self._idle
                 ):
-                    self._wake_or_start()
+                    # Best effort: without a spare this worker still comes back to the queue.
+                    with contextlib.suppress(Exception):
+                        self._wake_or_start()
             job.execute()
             with lock:
                 self._running -= 1
@@ -249,6 +270,9 @@ class _Pool:
             # Only now wake the event loop: the task it resumes may submit its next job at
             # once, and this worker must already count as in transit, or another would be woken.
             job.port.finished(job)
+            # Waiting for the next one, keep nothing of this job alive: its result (a dropped
+            # reservation would not be released), its waiter and through it its event loop.
+            del job
 
     def _reset_after_fork(self) -> None:
         # The child has none of the parent's threads: start from an empty pool.

@@ -31,15 +31,23 @@ CLOSED: Final = 2
 
 
 def close_windows(windows: list[_ffi.Window], what: str) -> None:
-    """Close every window, or none: ``BufferError`` if one still has exported buffers."""
-    for k, w in enumerate(windows):
+    """Close every window, or none: ``BufferError`` if one still has exported buffers.
+
+    A window already closed stays closed whatever happens: a reservation-wide view's window is
+    closed by the unmap of any mapping it covers, and reopening it (for the unmap of another
+    one that then fails) would hand out the unmapped memory again to whoever holds the window
+    (``view.obj``)."""
+    closed: list[_ffi.Window] = []
+    for w in windows:
+        if w.closed:
+            continue
         if not w.try_close():
-            for done in windows[:k]:
-                done.reopen()
+            reopen_windows(closed)
             raise BufferError(
                 f"cannot {what}: {w.exports} exported buffer(s) (views, slices of them or "
                 "objects built on them, such as numpy arrays) are still alive"
             )
+        closed.append(w)
 
 
 def reopen_windows(windows: list[_ffi.Window]) -> None:
@@ -311,14 +319,11 @@ class Mapping(metaclass=NoPublicConstructor):
             else:
                 gate._shared += 1
             if self._window is not None or self._spans is not None:
-                windows = self._windows()
                 try:
-                    close_windows(windows, "unmap the mapping")
+                    close_windows(self._windows(), "unmap the mapping")
                 except BaseException:
                     gate.leave_shared()
                     raise
-            else:
-                windows = None
             self._state = UNMAPPING
         addr = self._addr
         # The common case in one call; failures (and the VMA-limit fallback) take the slow path.
@@ -334,8 +339,11 @@ class Mapping(metaclass=NoPublicConstructor):
             except BaseException:
                 with rsv._lock:
                     self._state = OPEN
-                    if windows is not None:
-                        reopen_windows(windows)
+                    # Only the mapping's own window: a reservation-wide view's window may
+                    # cover another mapping unmapped meanwhile (its buffers were all
+                    # released, so keeping it closed costs nothing).
+                    if self._window is not None:
+                        self._window.reopen()
                     gate.leave_shared()
                     gate.wake()
                 raise
