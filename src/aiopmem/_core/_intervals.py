@@ -33,7 +33,7 @@ _LOAD: Final = 512
 
 
 class IntervalIndex(Generic[T]):
-    __slots__ = ("_cell", "_cells", "_ends", "_firsts", "_starts")
+    __slots__ = ("_cell", "_cells", "_ends", "_firsts", "_spare", "_starts")
 
     def __init__(self) -> None:
         self._starts: list[array[int]] = []
@@ -42,6 +42,9 @@ class IntervalIndex(Generic[T]):
         self._firsts: list[int] = []
         #: start -> the cell holding its payload (shared with ``_cells``).
         self._cell: dict[int, list[T | None]] = {}
+        #: The last bucket's (empty) storage, kept for the next claim: a reservation that maps
+        #: and unmaps one range at a time would otherwise build two arrays per map.
+        self._spare: tuple[array[int], array[int], list[list[T | None]]] | None = None
 
     def __len__(self) -> int:
         """Number of entries, claims included."""
@@ -94,9 +97,17 @@ class IntervalIndex(Generic[T]):
         something does. One search for both the check and the insert."""
         cell: list[T | None] = [None]
         if not self._starts:
-            self._starts.append(array("Q", (lo,)))
-            self._ends.append(array("Q", (hi,)))
-            self._cells.append([cell])
+            spare = self._spare
+            if spare is None:
+                spare = (array("Q"), array("Q"), [])
+            else:
+                self._spare = None
+            spare[0].append(lo)
+            spare[1].append(hi)
+            spare[2].append(cell)
+            self._starts.append(spare[0])
+            self._ends.append(spare[1])
+            self._cells.append(spare[2])
             self._firsts.append(lo)
         else:
             b, i = self._locate(lo)
@@ -139,6 +150,8 @@ class IntervalIndex(Generic[T]):
         starts = self._starts[b]
         del starts[i], self._ends[b][i], self._cells[b][i]
         if not starts:
+            if len(self._starts) == 1:
+                self._spare = (starts, self._ends[0], self._cells[0])
             del self._starts[b], self._ends[b], self._cells[b], self._firsts[b]
         elif i == 0:
             self._firsts[b] = starts[0]
