@@ -44,11 +44,6 @@ class Gate:
         if self._sleepers:
             self._cond.notify_all()
 
-    @property
-    def busy(self) -> bool:
-        """Whether any operation is admitted or waiting for admission."""
-        return bool(self._shared or self._exclusive or self._waiting)
-
     def enter_shared(self) -> None:
         while self._exclusive or self._waiting:
             self.wait()

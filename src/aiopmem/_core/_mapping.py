@@ -19,6 +19,7 @@ from ._align import align_down, align_up, as_int, as_optional_int
 from ._construct import NoPublicConstructor
 from ._enums import Granularity, Protection, Sharing
 from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOutOfRangeError
+from ._placement import PLACEHOLDER_FIXED
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -90,9 +91,6 @@ try_mmap = _ffi.try_mmap_fixed
 _raw_mmap = _ffi.raw_mmap_fixed
 _INJECTING: Final = _ffi.INJECTING
 _PROT_NONE: Final = _ffi.PROT_NONE
-_PLACEHOLDER_FIXED: Final = (
-    _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_NORESERVE | _ffi.MAP_FIXED
-)
 
 
 def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
@@ -329,9 +327,9 @@ class Mapping(metaclass=NoPublicConstructor):
         # The common case in one call; failures (and the VMA-limit fallback) take the slow path.
         hole = False
         err = (
-            try_mmap(addr, self._span, _PROT_NONE, _PLACEHOLDER_FIXED)
+            try_mmap(addr, self._span, _PROT_NONE, PLACEHOLDER_FIXED)
             if _INJECTING
-            else _raw_mmap(addr, self._span, _PROT_NONE, _PLACEHOLDER_FIXED, -1, 0)
+            else _raw_mmap(addr, self._span, _PROT_NONE, PLACEHOLDER_FIXED, -1, 0)
         )
         if err:
             try:

@@ -26,13 +26,15 @@ from ._align import ALIGNMENT, align_down
 from ._errors import MappingExistsError
 
 __all__ = [
+    "PLACEHOLDER_FIXED",
     "PLACEHOLDER_FLAGS",
     "default_headroom",
     "take_range",
-    "take_range_at",
 ]
 
 PLACEHOLDER_FLAGS: Final = _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_NORESERVE
+#: Laid over a mapping of the reservation by an unmap: MAP_FIXED replaces it atomically.
+PLACEHOLDER_FIXED: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED
 _NOREPLACE: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED_NOREPLACE
 
 #: Lower bound of the default headroom (see the module docstring).
@@ -44,7 +46,8 @@ def default_headroom(size: int) -> int:
 
 
 def fill_hole(addr: int, length: int) -> None:
-    """Lay a placeholder where nothing is mapped. ``MappingExistsError`` if anything is."""
+    """Take exactly ``[addr, addr+length)`` with a placeholder where nothing is mapped (a new
+    reservation, its headroom, a hole). ``MappingExistsError`` if any of it is in use."""
     try:
         _ffi.mmap_fixed(addr, length, _ffi.PROT_NONE, _NOREPLACE)
     except OSError as exc:
@@ -53,11 +56,6 @@ def fill_hole(addr: int, length: int) -> None:
                 f"[{addr:#x}, {addr + length:#x}) is occupied by another mapping"
             ) from None
         raise
-
-
-def take_range_at(addr: int, length: int) -> None:
-    """Take exactly ``[addr, addr+length)``; ``MappingExistsError`` if any of it is in use."""
-    fill_hole(addr, length)
 
 
 def take_range(length: int) -> int:

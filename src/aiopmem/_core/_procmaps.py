@@ -1,43 +1,13 @@
 """Reading the kernel's view of the address space (``/proc/self/maps``).
 
-The library itself only consults it to settle the rare case where it cannot tell from a failed
-syscall whether part of a reservation is still covered; tests use it as the ground truth.
+The library only consults it to settle the rare case where it cannot tell from a failed syscall
+whether part of a reservation is still covered. (The tests read it with their own parser,
+``tests/kernel.py``, so that the ground truth does not depend on the code under test.)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-__all__ = ["Region", "covered", "regions"]
-
-
-class Region(NamedTuple):
-    start: int
-    end: int
-    perms: str
-    offset: int
-    inode: int
-    path: str
-
-
-def regions() -> list[Region]:
-    """Every VMA of this process, in address order."""
-    out = []
-    with open("/proc/self/maps", "rb") as f:
-        for raw in f:
-            fields = raw.decode("utf-8", "surrogateescape").rstrip("\n").split(maxsplit=5)
-            lo, _, hi = fields[0].partition("-")
-            out.append(
-                Region(
-                    int(lo, 16),
-                    int(hi, 16),
-                    fields[1],
-                    int(fields[2], 16),
-                    int(fields[4]),
-                    fields[5] if len(fields) > 5 else "",
-                )
-            )
-    return out
+__all__ = ["covered"]
 
 
 def covered(start: int, end: int) -> bool:

@@ -52,12 +52,11 @@ from ._gate import Gate
 from ._intervals import IntervalIndex
 from ._mapping import CLOSED, OPEN, Mapping, close_windows, new_mapping, reopen_windows
 from ._placement import (
-    PLACEHOLDER_FLAGS,
+    PLACEHOLDER_FIXED,
     default_headroom,
     fill_hole,
     take_headroom_after,
     take_range,
-    take_range_at,
     take_range_with_headroom,
 )
 from ._procmaps import covered
@@ -83,7 +82,6 @@ _MAP_SYNC_FIXED: Final = _ffi.MAP_SHARED_VALIDATE | _ffi.MAP_SYNC | _ffi.MAP_FIX
 _MAP_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_FIXED
 _ANON_SHARED_FIXED: Final = _ffi.MAP_SHARED | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
 _ANON_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
-_PLACEHOLDER_FIXED: Final = PLACEHOLDER_FLAGS | _ffi.MAP_FIXED
 _FLAGS_OF_KIND: Final = (
     _MAP_SHARED_FIXED,
     _MAP_PRIVATE_FIXED,
@@ -468,7 +466,7 @@ class Reservation(metaclass=NoPublicConstructor):
         state is consistent.
         """
         if err == errno.EINTR:
-            err = try_mmap(addr, span, _ffi.PROT_NONE, _PLACEHOLDER_FIXED)
+            err = try_mmap(addr, span, _ffi.PROT_NONE, PLACEHOLDER_FIXED)
             if not err:
                 return False
         if err != errno.ENOMEM:
@@ -560,7 +558,7 @@ class Reservation(metaclass=NoPublicConstructor):
             if new_size > self._max_size:
                 end = self._address + self._max_size
                 try:
-                    take_range_at(end, self._address + new_size - end)
+                    fill_hole(end, self._address + new_size - end)
                 except MappingExistsError:
                     raise MappingExistsError(
                         f"cannot extend to {new_size} bytes: the address space after the "
@@ -913,7 +911,7 @@ def reserve(size: int, *, address: int | None = None, max_size: int | None = Non
     if addr is not None:
         if addr < 0 or addr + held > ADDRESS_LIMIT:
             raise os_error(errno.EINVAL)
-        take_range_at(addr, held)
+        fill_hole(addr, held)
         if limit is None:
             try:
                 held += take_headroom_after(addr + n, default_headroom(n))
