@@ -269,14 +269,16 @@ def test_memory_round_trips_and_errno_comes_back() -> None:
     )
     try:
         assert addr % page == 0
-        window = _ffi.Window(addr, 2 * page, False)
-        with memoryview(window) as view:
+        holders: list[object] = []
+        with _ffi.new_view(None, (holders,), addr, 2 * page, False) as view:
             assert len(view) == 2 * page
             assert not view.readonly
             assert bytes(view[:4]) == b"\0\0\0\0"  # fresh anonymous memory is zero-filled
             view[page - 2 : page + 3] = b"hello"
             assert bytes(view[page - 2 : page + 3]) == b"hello"
-        assert window.try_close()
+            assert _ffi.live_views((holders,)) == 1
+        assert _ffi.live_views((holders,)) == 0
+        assert holders == []  # the dead registration was pruned
         with pytest.raises(OSError) as exc:
             _ffi.munmap(addr + 1, page)  # unaligned: the kernel's EINVAL comes back
         assert exc.value.errno == EINVAL

@@ -2,13 +2,15 @@
 
 A child interpreter (so that a SIGSEGV or SIGBUS is observed, not suffered) runs a seeded random
 walk over one reservation: it maps files and anonymous memory, takes views, slices of views,
-``memoryview(view.obj)``, numpy arrays over views and over the buffer exporter itself, and
-reservation-wide views; keeps some alive and drops or releases others; and between those it
-unmaps, closes (and re-reserves), shrinks and extends at random, and reads and writes through
-every object still alive. Objects whose memory is gone must refuse to be used (ValueError from a
-released memoryview, ClosedError from a closed mapping), and unmapping or closing while any of
-them is alive must raise BufferError. The child must exit 0: a negative return code is a death
-by signal.
+``memoryview(view.obj)``, numpy arrays in all their forms (``frombuffer``, ``asarray``,
+``ndarray(buffer=view)``, which keeps ``view.obj`` and drops the export at once), ctypes
+``from_buffer``, casts, ``struct`` reads and pickled copies, and reservation-wide views; it
+keeps the exporter ``view.obj`` itself now and then (which pins the memory); keeps some alive
+and drops or releases others; and between those it unmaps, closes (and re-reserves), shrinks
+and extends at random, and reads and writes through every object still alive. Objects whose
+memory is gone must refuse to be used (ValueError from a released memoryview, ClosedError from
+a closed mapping), and unmapping or closing while any of them is alive must raise BufferError.
+The child must exit 0: a negative return code is a death by signal.
 
 A second variant runs the same walk in two threads over the same reservation.
 """
@@ -16,10 +18,13 @@ A second variant runs the same walk in two threads over the same reservation.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import os
+import pickle
 import random
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -163,16 +168,15 @@ class Walk:
                 if rng.random() < 0.1:
                     gc.collect()
             elif action < 78:
-                # A window that may be closed by now: new buffers must be refused, not served.
+                # A kept exporter (``view.obj``) pins its memory: new buffers from it are
+                # always served, and always reach mapped memory.
                 windows = sh["windows"]
                 if windows:
-                    w = rng.choice(windows)
-                    try:
-                        mv = memoryview(w)
-                    except (ValueError, BufferError):
-                        self.count("refused after unmap")
+                    if rng.random() < 0.3:
+                        with contextlib.suppress(IndexError, ValueError):  # emptied meanwhile
+                            windows.pop(rng.randrange(len(windows)))
                     else:
-                        alive.append(mv)
+                        alive.append(memoryview(rng.choice(windows)))
             elif action < 82:
                 closed = [m for m in maps if m.closed]
                 if closed:
@@ -206,22 +210,36 @@ class Walk:
             return
         # Everything is built before anything is shared: once in ``alive``, another thread
         # may release ``base``.
-        kind = rng.randrange(6)
+        kind = rng.randrange(12)
         windows = self.shared["windows"]
         if rng.random() < 0.3:
-            windows.append(base.obj)
+            windows.append(base.obj)  # the exporter itself pins the memory (API.md v1.1)
+        n = len(base)
         if kind == 0:
             made = [base]
         elif kind == 1:
-            made = [base[rng.randrange(0, len(base) + 1) :]]
+            made = [base[rng.randrange(0, n + 1) :]]
         elif kind == 2:
             made = [memoryview(base.obj)]
             windows.append(base.obj)
-        elif kind == 3 and len(base):
+        elif kind == 3 and n:
             made = [np.frombuffer(base, dtype=np.uint8)]
-        elif kind == 4 and len(base) >= 8:
-            made = [np.frombuffer(base.obj, dtype=np.uint64)]
-            windows.append(base.obj)
+        elif kind == 4 and n >= 8:
+            made = [np.frombuffer(base.obj, dtype=np.uint8)[: n - n % 8].view(np.uint64)]
+        elif kind == 5 and n:
+            # keeps ``view.obj`` and releases the buffer export at once
+            made = [np.ndarray((n,), np.uint8, buffer=base)]
+            base.release()
+        elif kind == 6 and n and not base.readonly:
+            made = [(ctypes.c_char * n).from_buffer(base)]
+        elif kind == 7 and n >= 4:
+            # struct reads through the buffer and keeps nothing; pickle copies
+            struct.unpack_from("<I", base, rng.randrange(0, n - 3))
+            made = [pickle.loads(pickle.dumps(np.asarray(base)))]
+        elif kind == 8 and n:
+            made = [np.asarray(base)[:: rng.randint(1, 4)]]
+        elif kind == 9 and n >= 8:
+            made = [base[: n - n % 8].cast("Q")]
         else:
             made = [base, base[::2]]
         alive.extend(made)
@@ -245,15 +263,18 @@ class Walk:
                             assert all(obj[:4] == 0xA5) or not self.solo
                             self.count("writes")
                     continue
-                if len(obj):
-                    data = obj[:64].tobytes() + obj[-1:].tobytes()
-                    assert len(data) == min(len(obj), 64) + 1
+                mv = obj
+                if not (isinstance(mv, memoryview) and mv.format == "B"):
+                    mv = memoryview(mv).cast("B")  # a cast view, a ctypes array
+                if len(mv):
+                    data = mv[:64].tobytes() + mv[-1:].tobytes()
+                    assert len(data) == min(len(mv), 64) + 1
                     self.count("reads")
-                    if not obj.readonly:
-                        k = min(len(obj), 8)
+                    if not mv.readonly:
+                        k = min(len(mv), 8)
                         blob = self.rng.randbytes(k)
-                        obj[:k] = blob
-                        assert obj[:k].tobytes() == blob or not self.solo
+                        mv[:k] = blob
+                        assert mv[:k].tobytes() == blob or not self.solo
                         self.count("writes")
             except ValueError:
                 pass  # released

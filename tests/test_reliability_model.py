@@ -161,7 +161,8 @@ class Group:
     base: memoryview
     start: int  # absolute address of base[0]
     pinned: list[MappingModel]
-    #: (start, length) of the buffer exporter behind base (what memoryview(base.obj) shows)
+    #: (start, length) of the buffer exporter behind base (what memoryview(base.obj) shows:
+    #: the range the view was made for)
     window: tuple[int, int]
     extra: list[Any]
     array: Any = None
@@ -560,7 +561,7 @@ class ReservationMachine(RuleBasedStateMachine):
         check(err, expected)
         if expected is None:
             assert len(got) == n and got.readonly == (W not in m.protection)
-            self._hold(got, m.addr + offset, [m], (m.addr, m.size), how)
+            self._hold(got, m.addr + offset, [m], (m.addr + offset, n), how)
 
     @precondition(lambda self: len(self.groups) < MAX_GROUPS)
     @rule(

@@ -4,13 +4,15 @@ Every call goes through ``run_blocking``: one job on the worker pool (``_workers
 operation, its outcome handed back to the waiting task by the backend's own machinery: an
 asyncio future, or trio's ``wait_task_rescheduled``/``reschedule``.
 
-Cancellation: a submitted job is never abandoned: the caller waits for its outcome even if
-cancelled meanwhile (a mutation must not be left running unobserved). If the caller was
-cancelled before it could receive the outcome, the cancellation propagates from
-``run_blocking`` once the job is done, after the result has been given to ``undo`` (a map is
-unmapped again, a new reservation closed); without ``undo`` the job's effect stands. The
-caller resumes with the result only when it was not cancelled by then, so a result never
-falls between the worker and the caller.
+Cancellation: a caller already cancelled when it calls starts nothing (every async function
+is a checkpoint). A submitted job is never abandoned: the caller waits for its outcome even if
+cancelled meanwhile (a mutation must not be left running unobserved). A job still waiting for
+its turn at the reservation's gate when its caller is cancelled gives up there (its
+``Ticket`` is abandoned) and did not start. If the caller was cancelled before it could
+receive the outcome, the cancellation propagates from ``run_blocking`` once the job is done,
+after the result has been given to ``undo`` (a map is unmapped again, a new reservation
+closed); without ``undo`` the job's effect stands. The caller resumes with the result only
+when it was not cancelled by then, so a result never falls between the worker and the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
+from .._core._gate import Abandoned, Ticket, run_for
 from ._workers import Job, Port, submit
 
 __all__ = ["run_blocking"]
@@ -45,14 +49,17 @@ async def run_blocking(
 ) -> T:
     """Run ``fn(*args)`` in a worker thread and return its result (or raise its exception).
 
-    Cancellation: the call is always waited for to the end. If the caller is cancelled by then
-    (on trio a cancelled caller does not even start it, unless ``always``), the result is
-    passed to ``undo`` (in a worker, shielded) and the cancellation propagates; otherwise the
-    result is returned.
+    Cancellation: a caller cancelled before the call starts nothing, unless ``always`` (unmap
+    and close run to the end whatever happens). Once submitted, the call is always waited for
+    to the end; a call that still waits for its turn at the gate gives up (unless ``always``).
+    If the caller is cancelled by then, the result is passed to ``undo`` (in a worker,
+    shielded) and the cancellation propagates; otherwise the result is returned.
     """
     loop = _get_running_loop()
     if loop is not None and not _trio_guest():
-        return await _run_asyncio(loop, fn, args, undo)  # type: ignore[no-any-return]
+        if not always:
+            await checkpoint_if_cancelled()
+        return await _run_asyncio(loop, fn, args, undo, always)  # type: ignore[no-any-return]
     return await _run_trio(fn, args, undo, always)  # type: ignore[no-any-return]
 
 
@@ -102,18 +109,22 @@ async def _run_asyncio(
     fn: Callable[..., Any],
     args: Any,
     undo: Callable[[Any], object] | None,
+    always: bool,
 ) -> Any:
-    # No checkpoint before submitting: a caller that is already cancelled gets the
-    # CancelledError at its first wait below, and the job is then completed and undone
-    # like one cancelled while running (anyio's checkpoint would cost more than the job).
-    job = Job(fn, args, _asyncio_port(loop))
+    ticket = None if always else Ticket()
+    if ticket is None:
+        job = Job(fn, args, _asyncio_port(loop))
+    else:
+        job = Job(run_for, (ticket, fn, *args), _asyncio_port(loop))
     job.waiter = loop.create_future()
     submit(job)
     try:
         await job.waiter
     except asyncio.CancelledError:
-        # Cancelled while the job runs: never abandon it. Wait for its outcome shielded, then
-        # let the cancellation continue.
+        # Cancelled while the job runs: never abandon it. A job still waiting for its turn
+        # gives up; wait for its outcome shielded, then let the cancellation continue.
+        if ticket is not None:
+            ticket.abandon()
         with anyio.CancelScope(shield=True):
             while not job.delivered:
                 job.waiter = loop.create_future()
@@ -122,9 +133,13 @@ async def _run_asyncio(
                 # would be abandoned and its result never undone.
                 with contextlib.suppress(asyncio.CancelledError):
                     await job.waiter
-            result = job.outcome()  # an error of the job is more informative
-            if undo is not None:
-                await _undo_asyncio(loop, undo, result)
+            error = job.error
+            if type(error) is Abandoned:  # it did not start: only the cancellation remains
+                job.error = None
+            else:
+                result = job.outcome()  # an error of the job is more informative
+                if undo is not None:
+                    await _undo_asyncio(loop, undo, result)
         raise
     return job.outcome()
 
@@ -137,7 +152,7 @@ async def _undo_asyncio(
     # cancelled and must see that. What could not be undone stays in its reservation, which
     # releases it on close.
     with contextlib.suppress(Exception):
-        await _run_asyncio(loop, undo, (result,), None)
+        await _run_asyncio(loop, undo, (result,), None, True)
 
 
 # -- trio ----------------------------------------------------------------------------------------
@@ -163,25 +178,34 @@ def _trio_deliver(job: Job) -> None:
     trio.lowlevel.reschedule(job.waiter, outcome.Value(None))
 
 
-def _cannot_abort(_: Any) -> Any:
-    import trio
-
-    return trio.lowlevel.Abort.FAILED
-
-
 async def _run_trio(
     fn: Callable[..., Any], args: Any, undo: Callable[[Any], object] | None, always: bool
 ) -> Any:
     import trio
 
-    if not always:
+    if always:
+        ticket = None
+        job = Job(fn, args, _trio_port())
+    else:
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
-    job = Job(fn, args, _trio_port())
+        ticket = Ticket()
+        job = Job(run_for, (ticket, fn, *args), _trio_port())
     job.waiter = trio.lowlevel.current_task()
     submit(job)
-    # Abort.FAILED: a cancellation cannot interrupt this wait; it is delivered afterwards.
-    await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
-    result = job.outcome()
+
+    def abort(_: Any) -> Any:
+        # A cancellation cannot interrupt this wait (Abort.FAILED); it is delivered afterwards.
+        # A job still waiting for its turn gives up meanwhile.
+        if ticket is not None:
+            ticket.abandon()
+        return trio.lowlevel.Abort.FAILED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+    try:
+        result = job.outcome()
+    except Abandoned:
+        await trio.lowlevel.checkpoint_if_cancelled()  # abandoned: the cancellation is due
+        raise  # (not reached: only a cancelled caller's ticket is abandoned)
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from .._core import ClosedError, Granularity, Protection, Sharing
+from .._core import Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
-from .._core._construct import NoPublicConstructor
+from .._core._construct import NoPublicConstructor, note_left_open
 from ._dispatch import run_blocking
-from ._gate import Signal
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -21,7 +20,7 @@ __all__ = ["Mapping"]
 
 
 @final
-class Mapping(Signal, metaclass=NoPublicConstructor):
+class Mapping(metaclass=NoPublicConstructor):
     """A file region or anonymous memory mapped into a reservation (async API).
 
     Made by ``await rsv.map_file(...)`` / ``await rsv.map_anonymous(...)``. Attributes and
@@ -29,15 +28,11 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
     or leaving ``async with``) run their syscall in a worker thread.
     """
 
-    __slots__ = ("_core", "_pins", "_rsv", "_unmapping")
+    __slots__ = ("__weakref__", "_core", "_rsv")
 
     def __init__(self, core: CoreMapping, rsv: Reservation) -> None:
-        super().__init__()
         self._core = core
         self._rsv = rsv
-        #: persist() calls in flight; unmap() waits for them on the event loop, not in a worker.
-        self._pins = 0
-        self._unmapping = False
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 
@@ -93,8 +88,10 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
         """The same mapping in the blocking API (``aiopmem.sync.Mapping``), for threads."""
         return self._core
 
+    _public_name = "aiopmem.Mapping"
+
     def __repr__(self) -> str:
-        return repr(self._core)
+        return self._core._repr(self._public_name)
 
     def view(self, offset: int = 0, length: int | None = None) -> memoryview:
         """A memoryview of ``[offset, offset+length)`` of the mapped bytes; plain and
@@ -112,35 +109,23 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
         """Make ``[offset, offset+length)`` durable (msync MS_SYNC of the covering pages) from
         a worker thread; returns once the data is on stable storage for shared file mappings.
 
-        Cancellation: a caller cancelled while waiting for its turn (an extend or shrink of the
-        reservation in flight) starts nothing. Once the msync runs it completes, and the
-        cancellation is delivered when it returns.
+        Cancellation: a caller cancelled before the call, or while waiting for its turn (an
+        extend or shrink of the reservation in flight), starts nothing. Once the msync runs it
+        completes, and the cancellation is delivered when it returns.
 
         Raises:
             TypeError, ClosedError (also while an unmap is in flight), OffsetOutOfRangeError,
             LengthOutOfRangeError, OSError (e.g. EIO).
         """
-        if self._unmapping:
-            raise ClosedError("the mapping is being unmapped")
-        gate = self._rsv._gate
-        self._pins += 1
-        try:
-            await gate.enter_shared()
-            try:
-                await run_blocking(self._core.persist, offset, length)
-            finally:
-                gate.leave_shared()
-        finally:
-            self._pins -= 1
-            if not self._pins:
-                self._notify()
+        await run_blocking(self._core.persist, offset, length)
 
     async def unmap(self) -> None:
         """Unmap from a worker thread: the range becomes an inaccessible placeholder of the
         reservation again (never a hole). Idempotent; waits for ``persist()`` calls in flight.
 
-        Cancellation: runs to the end even when the calling task is cancelled (shielded); the
-        cancellation is delivered when it returns.
+        Cancellation: runs to the end even when the calling task is cancelled (also when it
+        was cancelled before the call); the cancellation is delivered when it returns. On an
+        unmapped mapping it is a checkpoint and does nothing else.
 
         Raises:
             BufferError: a view (or an object built on one) is still alive; nothing changed.
@@ -148,42 +133,9 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
         """
         core = self._core
         if core.closed:
+            await anyio.lowlevel.checkpoint()
             return
-        gate = self._rsv._gate
-        if not (self._unmapping or self._pins or gate._exclusive or gate._waiting):
-            # Nothing to wait for: straight to the worker, where a cancellation cannot stop
-            # it (run_blocking waits for the job, then lets the cancellation through).
-            self._unmapping = True
-            gate._shared += 1
-            try:
-                await run_blocking(core.unmap, always=True)
-            finally:
-                gate.leave_shared()
-                self._unmapping = False
-                self._notify()
-            return
-        with anyio.CancelScope(shield=True):
-            await self._unmap_shielded()
-
-    async def _unmap_shielded(self) -> None:
-        core = self._core
-        while self._unmapping or self._pins:
-            if core.closed:
-                return
-            await self._wait()
-        if core.closed:
-            return
-        self._unmapping = True
-        gate = self._rsv._gate
-        try:
-            await gate.enter_shared()
-            try:
-                await run_blocking(core.unmap)
-            finally:
-                gate.leave_shared()
-        finally:
-            self._unmapping = False
-            self._notify()
+        await run_blocking(core.unmap, always=True)
 
     aclose = unmap
 
@@ -196,4 +148,10 @@ class Mapping(Signal, metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.unmap()
+        if exc is None:
+            await self.unmap()
+            return
+        try:
+            await self.unmap()
+        except Exception as err:  # the block's exception propagates, with a note
+            note_left_open(exc, self, err)

@@ -1,12 +1,17 @@
 """What ``reserve()``, ``map_file()`` and ``map_anonymous()`` return: an object that is both a
 coroutine (await it, or hand it to ``TaskGroup.start_soon``) and an async context manager that
-closes what it opened when the block ends."""
+closes what it opened when the block ends. Like a coroutine, one dropped without ever being
+awaited or entered warns (``RuntimeWarning: ... was never awaited``): a forgotten ``await`` is
+never silent."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, final
+
+from .._core._construct import note_left_open
 
 
 class _Closeable(Protocol):
@@ -25,17 +30,32 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
     once, not both.
     """
 
-    __slots__ = ("_coro", "_factory", "_value")
+    __slots__ = ("_coro", "_factory", "_name", "_value")
 
-    def __init__(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> None:
-        self._factory = factory
+    def __init__(self, factory: Callable[[], Coroutine[Any, Any, T]], name: str) -> None:
+        self._factory: Callable[[], Coroutine[Any, Any, T]] | None = factory
+        self._name = name
         self._coro: Coroutine[Any, Any, T] | None = None
         self._value: T | None = None
 
+    def __repr__(self) -> str:
+        return f"<aiopmem.Opening of {self._name}>"
+
     def _started(self) -> Coroutine[Any, Any, T]:
-        if self._coro is None:
-            self._coro = self._factory()
-        return self._coro
+        coro = self._coro
+        if coro is None:
+            factory = self._factory
+            if factory is None:
+                raise RuntimeError(f"cannot reuse a closed {self!r}")
+            coro = self._coro = factory()
+            self._factory = None
+        return coro
+
+    def __del__(self) -> None:
+        if getattr(self, "_factory", None) is not None:  # never awaited, entered or closed
+            warnings.warn(
+                f"{self._name} was never awaited", RuntimeWarning, stacklevel=2, source=self
+            )
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._started().__await__()
@@ -47,6 +67,7 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
         return self._started().throw(*args)
 
     def close(self) -> None:
+        self._factory = None
         if self._coro is not None:
             self._coro.close()
 
@@ -61,5 +82,12 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         value, self._value = self._value, None
-        if value is not None:
+        if value is None:
+            return
+        if exc is None:
             await value.aclose()
+            return
+        try:
+            await value.aclose()
+        except Exception as err:  # the block's exception propagates, with a note
+            note_left_open(exc, value, err)

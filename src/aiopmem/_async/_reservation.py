@@ -1,11 +1,14 @@
 """The async ``Reservation`` and ``reserve()``: the core reservation behind anyio.
 
-Ordering: maps, unmaps and persists of one reservation share its ``AsyncGate``; ``extend``,
-``shrink`` and ``aclose`` hold it exclusively. The gate is taken on the event loop before the
-worker thread is involved, so maps of disjoint ranges run concurrently in worker threads while
-a resize waits its turn without occupying a thread.
+Ordering: every operation runs in a worker thread, admitted by the core reservation's
+phase-fair gate (``aiopmem._core._gate``): maps, unmaps and persists share it, ``extend``,
+``shrink`` and ``aclose`` hold it exclusively. One gate for every caller means tasks of several
+event loops (in different threads) and threads of the sync API can share one reservation with
+every guarantee.
 
 Cancellation policy (each method's docstring says which case applies to it):
+- every method is a checkpoint: a task already cancelled when it calls starts nothing (unmap
+  and aclose excepted: they run, then deliver the cancellation);
 - waiting for the gate is cancellable: a task cancelled there started nothing;
 - the worker's call always runs to completion and its outcome is collected;
 - a mapping or reservation made for a caller cancelled meanwhile is unmapped/closed again
@@ -24,9 +27,8 @@ import anyio
 
 from .. import _core
 from .._core import Protection, Sharing
-from .._core._construct import NoPublicConstructor
+from .._core._construct import NoPublicConstructor, note_left_open, public_name
 from ._dispatch import run_blocking
-from ._gate import AsyncGate
 from ._mapping import Mapping
 from ._opening import Opening
 
@@ -44,11 +46,10 @@ class Reservation(metaclass=NoPublicConstructor):
     never wait for a syscall in flight.
     """
 
-    __slots__ = ("__weakref__", "_core", "_gate")
+    __slots__ = ("__weakref__", "_core")
 
     def __init__(self, core: _core.Reservation) -> None:
         self._core = core
-        self._gate = AsyncGate()
         core._facade = self
 
     # -- attributes ----------------------------------------------------------------------------
@@ -83,8 +84,10 @@ class Reservation(metaclass=NoPublicConstructor):
         that share it with tasks."""
         return self._core
 
+    _public_name = "aiopmem.Reservation"
+
     def __repr__(self) -> str:
-        return repr(self._core)
+        return self._core._repr(self._public_name)
 
     def view(self, offset: int = 0, length: int | None = None) -> memoryview:
         """One memoryview spanning the mappings of ``[offset, offset+length)``; plain and
@@ -174,7 +177,8 @@ class Reservation(metaclass=NoPublicConstructor):
                     protection=protection,
                     sharing=sharing,
                 ),
-            )
+            ),
+            "aiopmem.Reservation.map_file()",
         )
 
     def map_anonymous(
@@ -200,20 +204,13 @@ class Reservation(metaclass=NoPublicConstructor):
                     protection=protection,
                     sharing=sharing,
                 ),
-            )
+            ),
+            "aiopmem.Reservation.map_anonymous()",
         )
 
     async def _map(self, call: partial[_core.Mapping]) -> Mapping:
-        gate = self._gate
-        if gate._exclusive or gate._waiting:
-            await gate.enter_shared()
-        else:
-            gate._shared += 1
-        try:
-            # A mapping made for a caller cancelled meanwhile is unmapped again (undo).
-            core = await run_blocking(call, undo=_unmap_core)
-        finally:
-            gate.leave_shared()
+        # A mapping made for a caller cancelled meanwhile is unmapped again (undo).
+        core = await run_blocking(call, undo=_unmap_core)
         return self._wrap(core)  # type: ignore[return-value]
 
     # -- extent ----------------------------------------------------------------------------------
@@ -226,12 +223,7 @@ class Reservation(metaclass=NoPublicConstructor):
         Cancellation: a caller cancelled while waiting for its turn starts nothing; once the
         extend runs it completes (its effect stands) and the cancellation is delivered on return.
         """
-        gate = self._gate
-        await gate.enter_exclusive()
-        try:
-            await run_blocking(self._core.extend, size)
-        finally:
-            gate.leave_exclusive()
+        await run_blocking(self._core.extend, size)
 
     async def shrink(self, offset: int, size: int) -> None:
         """Remove ``[offset, offset+size)`` at the beginning or the end, from a worker thread.
@@ -240,32 +232,24 @@ class Reservation(metaclass=NoPublicConstructor):
 
         Cancellation: as ``extend``.
         """
-        gate = self._gate
-        await gate.enter_exclusive()
-        try:
-            await run_blocking(self._core.shrink, offset, size)
-        finally:
-            gate.leave_exclusive()
+        await run_blocking(self._core.shrink, offset, size)
 
     async def aclose(self) -> None:
         """Unmap every mapping and release all the address space (headroom included), from a
         worker thread, once in-flight operations are done. Idempotent.
 
-        Cancellation: runs to the end even when the calling task is cancelled (shielded); the
-        cancellation is delivered when it returns.
+        Cancellation: runs to the end even when the calling task is cancelled (also when it
+        was cancelled before the call); the cancellation is delivered when it returns. On a
+        closed reservation it is a checkpoint and does nothing else.
 
         Raises:
             BufferError: a view of some mapping is still alive; nothing is changed.
-            OSError: the kernel refused; nothing is changed.
+            OSError: the kernel refused (see ``aiopmem.sync.Reservation.close``).
         """
-        with anyio.CancelScope(shield=True):
-            if not self._core.closed:
-                gate = self._gate
-                await gate.enter_exclusive()
-                try:
-                    await run_blocking(self._core.close)
-                finally:
-                    gate.leave_exclusive()
+        if self._core.closed:
+            await anyio.lowlevel.checkpoint()
+            return
+        await run_blocking(self._core.close, always=True)
 
     async def __aenter__(self) -> Reservation:
         return self
@@ -276,13 +260,21 @@ class Reservation(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        if exc is None:
+            await self.aclose()
+            return
+        try:
+            await self.aclose()
+        except Exception as err:  # the block's exception propagates, with a note
+            note_left_open(exc, self, err)
 
 
 def _core_of(mapping: object) -> Any:
     if isinstance(mapping, Mapping):
         return mapping._core
-    raise TypeError(f"expected an aiopmem.Mapping, not {type(mapping).__name__}")
+    name = public_name(mapping)
+    hint = " (an async one is made by aiopmem.Reservation.map_*)" if "sync" in name else ""
+    raise TypeError(f"expected an aiopmem.Mapping, not {name}{hint}")
 
 
 def reserve(
@@ -297,7 +289,7 @@ def reserve(
     Cancellation: a caller cancelled before the call starts gets nothing; a reservation made for
     a caller cancelled meanwhile is closed again before the cancellation propagates.
     """
-    return Opening(partial(_reserve, size, address, max_size))
+    return Opening(partial(_reserve, size, address, max_size), "aiopmem.reserve()")
 
 
 def _unmap_core(mapping: _core.Mapping) -> None:

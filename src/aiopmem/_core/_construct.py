@@ -18,3 +18,25 @@ class NoPublicConstructor(type):
 
     def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+def public_name(obj: object) -> str:
+    """The name users know a library object's class by (``aiopmem.sync.Mapping`` and
+    ``aiopmem.Mapping`` are different classes with the same ``__name__``)."""
+    cls = type(obj)
+    name: str = getattr(cls, "_public_name", cls.__qualname__)
+    return name
+
+
+def note_left_open(exc: BaseException, obj: object, err: BaseException) -> None:
+    """Record on ``exc`` (the exception leaving a ``with`` block) that closing ``obj`` on the
+    way out failed with ``err``: the block's own exception is the one that propagates."""
+    note = (
+        f"{public_name(obj)} was left open: closing it on the way out raised "
+        f"{type(err).__name__}: {err}"
+    )
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(note)
+    else:  # Python 3.10: the attribute add_note() maintains
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]

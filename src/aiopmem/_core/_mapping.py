@@ -1,12 +1,12 @@
 """A mapping: a file region or anonymous memory placed at a fixed offset of a reservation.
 
-Guarantees (thread-shared state): a mapping's state (``_state``, ``_pins``, ``_window``,
-``_spans``) changes only under its reservation's state lock. Memory is handed out only through
-``Window`` objects, which count their exported buffers: the mapping's own (``view()``) and those
-of reservation-wide views that cover it (``Reservation.view()``, listed in ``_spans``).
-``unmap()`` closes every one of them atomically (under the GIL) before the memory goes away and
-fails with ``BufferError`` if any buffer is still exported, so no Python object can reach
-unmapped memory.
+Guarantees (thread-shared state): a mapping's state (``_state``, ``_pins``, ``_views``)
+changes only under its reservation's state lock. Memory is handed out only through views whose
+buffer exporters the mapping tracks weakly in ``_views`` (its own views and the reservation-wide
+views that cover it): an exporter is alive exactly while something outside the library can
+reach the memory through it (a memoryview, a slice, ``view.obj``, a numpy array...).
+``unmap()`` goes ahead only when none is alive, and sets the state that refuses new views in the
+same locked section, so no Python object can reach unmapped memory (see ``_ffi/_window.c``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, final
 
 from .. import _ffi
 from ._align import align_down, align_up, as_int, as_optional_int
-from ._construct import NoPublicConstructor
+from ._construct import NoPublicConstructor, note_left_open
 from ._enums import Granularity, Protection, Sharing
 from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOutOfRangeError
 from ._placement import PLACEHOLDER_FIXED
@@ -31,29 +31,14 @@ UNMAPPING: Final = 1
 CLOSED: Final = 2
 
 
-def close_windows(windows: list[_ffi.Window], what: str) -> None:
-    """Close every window, or none: ``BufferError`` if one still has exported buffers.
-
-    A window already closed stays closed whatever happens: a reservation-wide view's window is
-    closed by the unmap of any mapping it covers, and reopening it (for the unmap of another
-    one that then fails) would hand out the unmapped memory again to whoever holds the window
-    (``view.obj``)."""
-    closed: list[_ffi.Window] = []
-    for w in windows:
-        if w.closed:
-            continue
-        if not w.try_close():
-            reopen_windows(closed)
-            raise BufferError(
-                f"cannot {what}: {w.exports} exported buffer(s) (views, slices of them or "
-                "objects built on them, such as numpy arrays) are still alive"
-            )
-        closed.append(w)
-
-
-def reopen_windows(windows: list[_ffi.Window]) -> None:
-    for w in windows:
-        w.reopen()
+def check_unpinned(lists: tuple[list[object], ...], what: str) -> None:
+    """``BufferError`` if a view over any of these mappings is alive (state lock held)."""
+    alive = _live_views(lists)
+    if alive:
+        raise BufferError(
+            f"cannot {what}: {alive} view(s) of its memory (memoryviews, slices of them, "
+            "view.obj, or objects built on them such as numpy arrays) are still alive"
+        )
 
 
 def new_mapping(
@@ -80,13 +65,14 @@ def new_mapping(
     m._file = file
     m._state = OPEN
     m._pins = 0
-    m._window = None
-    m._spans = None
+    m._views = []
     m._facade = None
     return m
 
 
 _new = object.__new__
+_new_view = _ffi.new_view
+_live_views = _ffi.live_views
 try_mmap = _ffi.try_mmap_fixed
 _raw_mmap = _ffi.raw_mmap_fixed
 _INJECTING: Final = _ffi.INJECTING
@@ -128,9 +114,8 @@ class Mapping(metaclass=NoPublicConstructor):
         "_sharing",
         "_size",
         "_span",
-        "_spans",
         "_state",
-        "_window",
+        "_views",
     )
 
     # Built by new_mapping(): no __init__, so that the metaclass refuses user construction.
@@ -147,10 +132,9 @@ class Mapping(metaclass=NoPublicConstructor):
     _state: int
     #: persist() calls in flight; unmap() waits for them.
     _pins: int
-    #: The mapping's own buffer exporter, made by the first view().
-    _window: _ffi.Window | None
-    #: Windows of reservation-wide views that cover (part of) this mapping.
-    _spans: list[_ffi.Window] | None
+    #: Weak references to the buffer exporters of every view over this mapping's memory (its
+    #: own and the reservation-wide ones that cover it); dead ones are pruned as it goes.
+    _views: list[object]
     #: The async layer's object for this mapping (set by it, opaque here).
     _facade: object | None
 
@@ -204,11 +188,16 @@ class Mapping(metaclass=NoPublicConstructor):
         """True once unmapped (by ``unmap()`` or by closing the reservation)."""
         return self._state == CLOSED
 
+    _public_name = "aiopmem.sync.Mapping"
+
     def __repr__(self) -> str:
+        return self._repr(self._public_name)
+
+    def _repr(self, name: str) -> str:
         state = "closed" if self._state == CLOSED else f"offset={self.offset:#x}"
         what = self.file if self._file is not None else "anonymous"
         return (
-            f"<aiopmem.Mapping {what} {state} size={self._size:#x} "
+            f"<{name} {what} {state} size={self._size:#x} "
             f"address={self._addr:#x} {self._protection} {self._sharing.name}>"
         )
 
@@ -234,24 +223,17 @@ class Mapping(metaclass=NoPublicConstructor):
         if Protection.READ not in self._protection:
             raise NoAccessError(f"the mapping's protection {self._protection} lacks READ")
         off, n = _range(off, n, self._size)
-        window = self._window
-        if window is None or self._state != OPEN:
-            with self._rsv._lock:
-                if self._state != OPEN:
-                    raise ClosedError("the mapping is unmapped")
-                window = self._window
-                if window is None:
-                    window = self._window = _ffi.Window(
-                        self._addr, self._size, Protection.WRITE not in self._protection
-                    )
-        try:
-            mv = memoryview(window)
-        except ValueError:
-            raise ClosedError("the mapping is unmapped") from None
-        if off == 0 and n == self._size:
-            return mv
-        with mv:
-            return mv[off : off + n]
+        rsv = self._rsv
+        with rsv._lock:  # against an unmap checking for live views
+            if self._state != OPEN:
+                raise ClosedError("the mapping is unmapped")
+            return _new_view(
+                rsv,
+                (self._views,),
+                self._addr + off,
+                n,
+                Protection.WRITE not in self._protection,
+            )
 
     # -- persist ------------------------------------------------------------------------------
 
@@ -287,9 +269,10 @@ class Mapping(metaclass=NoPublicConstructor):
         finally:
             with rsv._lock:
                 self._pins -= 1
-                gate.leave_shared()
-                if not self._pins:
-                    gate.wake()
+                if self._pins:
+                    gate.leave_shared()
+                else:  # an unmap may wait for the last one
+                    gate.leave_shared_waking()
 
     # -- unmap ---------------------------------------------------------------------------------
 
@@ -305,20 +288,22 @@ class Mapping(metaclass=NoPublicConstructor):
         rsv = self._rsv
         gate = rsv._gate
         with rsv._lock:
-            if self._state != OPEN or self._pins or gate._exclusive or gate._waiting:
+            if self._state != OPEN or self._pins or not gate.try_enter_shared():
                 if self._state == CLOSED:
                     return
                 gate.enter_shared()
-                while self._state == UNMAPPING or self._pins:
-                    gate.wait()
+                try:
+                    while self._state == UNMAPPING or self._pins:
+                        gate.wait()
+                except BaseException:
+                    gate.leave_shared_waking()
+                    raise
                 if self._state == CLOSED:
                     gate.leave_shared()
                     return
-            else:
-                gate._shared += 1
-            if self._window is not None or self._spans is not None:
+            if self._views:
                 try:
-                    close_windows(self._windows(), "unmap the mapping")
+                    check_unpinned((self._views,), "unmap the mapping")
                 except BaseException:
                     gate.leave_shared()
                     raise
@@ -337,13 +322,7 @@ class Mapping(metaclass=NoPublicConstructor):
             except BaseException:
                 with rsv._lock:
                     self._state = OPEN
-                    # Only the mapping's own window: a reservation-wide view's window may
-                    # cover another mapping unmapped meanwhile (its buffers were all
-                    # released, so keeping it closed costs nothing).
-                    if self._window is not None:
-                        self._window.reopen()
-                    gate.leave_shared()
-                    gate.wake()
+                    gate.leave_shared_waking()
                 raise
         with rsv._lock:
             if hole:  # stays claimed, invisible, until repaired
@@ -351,29 +330,11 @@ class Mapping(metaclass=NoPublicConstructor):
             else:
                 rsv._index.remove(addr)
             self._state = CLOSED
-            self._spans = None
-            gate._shared -= 1
-            if gate._sleepers:
-                gate.wake()
+            gate.leave_shared_waking()
         if hole:
             rsv._warn_hole(addr, addr + self._span)
 
     close = unmap
-
-    def _windows(self) -> list[_ffi.Window]:
-        """Every window that reaches this mapping's memory (state lock held)."""
-        own = [] if self._window is None else [self._window]
-        return own if self._spans is None else own + self._spans
-
-    def _add_span(self, window: _ffi.Window) -> None:
-        """Register a reservation-wide view's window (state lock held). Released windows are
-        closed and dropped on the way, so the list does not grow with every view taken."""
-        spans = self._spans
-        if spans is None:
-            self._spans = [window]
-            return
-        spans[:] = [w for w in spans if not (w.exports == 0 and w.try_close())]
-        spans.append(window)
 
     def __enter__(self) -> Mapping:
         return self
@@ -384,4 +345,10 @@ class Mapping(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.unmap()
+        if exc is None:
+            self.unmap()
+            return
+        try:
+            self.unmap()
+        except Exception as err:  # the block's exception propagates, with a note
+            note_left_open(exc, self, err)

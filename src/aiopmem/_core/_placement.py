@@ -22,7 +22,7 @@ import errno
 from typing import Final
 
 from .. import _ffi
-from ._align import ALIGNMENT, align_down
+from ._align import ADDRESS_LIMIT, ALIGNMENT, align_down
 from ._errors import MappingExistsError
 
 __all__ = [
@@ -65,8 +65,8 @@ def take_range(length: int) -> int:
 
 def take_headroom_after(end: int, wanted: int) -> int:
     """Take up to ``wanted`` bytes of free space starting at ``end``; returns how much it got
-    (halving on every refusal, down to 0)."""
-    amount = align_down(wanted)
+    (halving on every refusal, down to 0). Never asks past the end of the address space."""
+    amount = align_down(min(wanted, ADDRESS_LIMIT - end))
     while amount >= ALIGNMENT:
         try:
             fill_hole(end, amount)
@@ -85,9 +85,11 @@ def take_range_with_headroom(size: int, wanted: int) -> tuple[int, int]:
     """Take ``size`` bytes anywhere plus up to ``wanted`` bytes of headroom behind them.
 
     Returns ``(address, size + headroom obtained)``. Only ENOMEM (no room) makes it settle for
-    less headroom; any other error is raised.
+    less headroom; any other error is raised. The total asked for always fits in the address
+    space (a size near 2**64 plus the headroom would not), so a size the kernel cannot place
+    fails with its ENOMEM.
     """
-    amount = align_down(wanted)
+    amount = align_down(min(wanted, ADDRESS_LIMIT - ALIGNMENT - size))
     while True:
         try:
             return take_range(size + amount), size + amount

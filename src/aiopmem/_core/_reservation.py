@@ -29,7 +29,7 @@ from typing import Final, final
 
 from .. import _ffi
 from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
-from ._construct import NoPublicConstructor
+from ._construct import NoPublicConstructor, note_left_open, public_name
 from ._describe import Layout, Row, render
 from ._enums import Granularity, Protection, Sharing, prot_bits
 from ._errors import (
@@ -50,7 +50,7 @@ from ._errors import (
 )
 from ._gate import Gate
 from ._intervals import IntervalIndex
-from ._mapping import CLOSED, OPEN, Mapping, close_windows, new_mapping, reopen_windows
+from ._mapping import CLOSED, OPEN, Mapping, check_unpinned, new_mapping
 from ._placement import (
     PLACEHOLDER_FIXED,
     default_headroom,
@@ -93,6 +93,7 @@ _raw_mmap = _ffi.raw_mmap_fixed
 _fdcheck = _ffi.fdcheck
 _raw_fdcheck = _ffi.raw_fdcheck
 _last_dev = _ffi.last_dev
+_new_view = _ffi.new_view
 _INJECTING: Final = _ffi.INJECTING
 _NEG_EINTR: Final = -errno.EINTR
 _PAGE: Final = Granularity.PAGE
@@ -189,11 +190,16 @@ class Reservation(metaclass=NoPublicConstructor):
     def closed(self) -> bool:
         return self._closed
 
+    _public_name = "aiopmem.sync.Reservation"
+
     def __repr__(self) -> str:
+        return self._repr(self._public_name)
+
+    def _repr(self, name: str) -> str:
         if self._closed:
-            return "<aiopmem.Reservation closed>"
+            return f"<{name} closed>"
         return (
-            f"<aiopmem.Reservation address={self._address:#x} size={self._size:#x} "
+            f"<{name} address={self._address:#x} size={self._size:#x} "
             f"max_size={self._max_size:#x} mappings={len(self._index) - len(self._holes)}>"
         )
 
@@ -370,13 +376,11 @@ class Reservation(metaclass=NoPublicConstructor):
         with self._lock:
             if self._closed:
                 raise ClosedError("the reservation is closed")
-            if gate._exclusive or gate._waiting:
+            if not gate.try_enter_shared():
                 gate.enter_shared()
                 if self._closed:
                     gate.leave_shared()
                     raise ClosedError("the reservation is closed")
-            else:
-                gate._shared += 1
             if offset & _MASK or offset < 0 or offset + span > self._size:
                 gate.leave_shared()
                 if offset & _MASK:
@@ -434,10 +438,8 @@ class Reservation(metaclass=NoPublicConstructor):
                 gate.leave_shared()
             raise
         with self._lock:
-            index._cell[addr][0] = m  # the claim becomes the mapping (IntervalIndex.replace)
-            gate._shared -= 1
-            if gate._sleepers:
-                gate.wake()
+            index.replace(addr, m)  # the claim becomes the mapping
+            gate.leave_shared()
         return m
 
     # -- keeping the range whole ---------------------------------------------------------------
@@ -506,7 +508,7 @@ class Reservation(metaclass=NoPublicConstructor):
         for start, end in list(self._holes.items()):
             try:
                 fill_hole(start, end - start)
-            except OSError:
+            except (OSError, MappingExistsError):  # still in use by someone else: keep it
                 continue
             with self._lock:
                 del self._holes[start]
@@ -647,7 +649,9 @@ class Reservation(metaclass=NoPublicConstructor):
 
         Raises:
             BufferError: a view of some mapping is still alive; nothing is changed.
-            OSError: the kernel refused; nothing is changed.
+            OSError: the kernel refused to release (part of) the range. The reservation stays
+                open; if some of it was released already, that part is a hole (see
+                ``holes``) and the mappings that lay in it are closed. Call close() again.
         """
         if not self._enter_exclusive():
             return
@@ -656,19 +660,12 @@ class Reservation(metaclass=NoPublicConstructor):
                 self._repair_holes()
             with self._lock:
                 mappings = self._index.values()
-                windows = [w for m in mappings for w in m._windows()]
-                close_windows(windows, "close the reservation")
-                for m in mappings:
+                check_unpinned(tuple(m._views for m in mappings), "close the reservation")
+                for m in mappings:  # no new view while the memory goes away
                     m._state = CLOSED
-            try:
-                self._release_all()
-            except BaseException:
-                with self._lock:
-                    for m in mappings:
-                        m._state = OPEN
-                    # Own windows only: see Mapping.unmap (close_windows kept the rest shut).
-                    reopen_windows([m._window for m in mappings if m._window is not None])
-                raise
+            released = self._release_all()
+            if released is not None:
+                self._keep_after_failed_close(mappings, *released)
             with self._lock:
                 self._index.clear()
                 self._holes.clear()
@@ -676,16 +673,43 @@ class Reservation(metaclass=NoPublicConstructor):
         finally:
             self._leave_exclusive()
 
-    def _release_all(self) -> None:
-        """munmap the whole held range except holes (something else may live there now)."""
+    def _release_all(self) -> tuple[list[tuple[int, int]], OSError] | None:
+        """munmap the whole held range except holes (something else may live there now).
+
+        Returns None once all of it is released; if a munmap fails, the pieces released
+        before it and the error (a munmap either releases its whole range or nothing)."""
         pos = self._address
         end = self._address + self._max_size
+        pieces = []
         for start, stop in sorted(self._holes.items()):
             if start > pos:
-                _ffi.munmap(pos, start - pos)
+                pieces.append((pos, start))
             pos = stop
         if end > pos:
-            _ffi.munmap(pos, end - pos)
+            pieces.append((pos, end))
+        for i, (start, stop) in enumerate(pieces):
+            try:
+                _ffi.munmap(start, stop - start)
+            except OSError as exc:
+                return pieces[:i], exc
+        return None
+
+    def _keep_after_failed_close(
+        self, mappings: list[Mapping], released: list[tuple[int, int]], exc: OSError
+    ) -> None:
+        """The partial outcome of a close whose munmap failed: the pieces already released
+        become holes of the reservation (nothing is held there any more) and the mappings that
+        lay in them stay closed; every other mapping is open again. Then raises ``exc``: a
+        later close() releases the rest."""
+        with self._lock:
+            for m in mappings:
+                if any(start <= m._addr < stop for start, stop in released):
+                    self._index.remove(m._addr)
+                else:
+                    m._state = OPEN
+        for start, stop in released:
+            self._note_hole(start, stop)
+        raise exc
 
     def __enter__(self) -> Reservation:
         return self
@@ -696,7 +720,13 @@ class Reservation(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as err:  # the block's exception propagates, with a note
+            note_left_open(exc, self, err)
 
     def __del__(self) -> None:
         # A reservation dropped without close(): release it (as an mmap object does) unless a
@@ -768,11 +798,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 raise NoAccessError(
                     f"[{pos - self._address:#x}, ...) of the requested range is not mapped"
                 )
-            window = _ffi.Window(lo, n, readonly)
-            mv = memoryview(window)
-            for m in covered_by:
-                m._add_span(window)
-            return mv
+            return _new_view(self, tuple(m._views for m in covered_by), lo, n, readonly)
 
     # -- describe (plain, never waits for a syscall) -------------------------------------------
 
@@ -838,7 +864,10 @@ class Reservation(metaclass=NoPublicConstructor):
 
     def _located(self, mapping: object) -> int | None:
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"expected a Mapping, not {type(mapping).__name__}")
+            raise TypeError(
+                f"expected an aiopmem.sync.Mapping, not {public_name(mapping)}"
+                + (" (use its .sync)" if public_name(mapping) == "aiopmem.Mapping" else "")
+            )
         if mapping._rsv is not self or mapping._state == CLOSED or self._closed:
             return None
         return mapping._addr

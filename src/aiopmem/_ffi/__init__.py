@@ -1,6 +1,11 @@
 """Typed wrappers over the compiled cffi module: the only importer of the compiled modules
 (``aiopmem._ffi._lib`` from cffi, ``aiopmem._ffi._window``, the buffer exporter).
 
+Views: ``new_view(owner, holders, address, length, readonly)`` returns a memoryview over a new
+buffer exporter that keeps ``owner`` alive and is registered (weakly) in each list of
+``holders``; ``live_views(lists)`` counts the exporters of those lists still alive. Memory may
+be unmapped only while that count is 0 (see ``_window.c``).
+
 Every wrapper raises ``OSError`` with the errno of the failing call (read in C right after it)
 and passes through the injection seam of ``aiopmem.testing`` first. EINTR, real or injected,
 is retried: none of these calls has a partial effect when interrupted.
@@ -14,7 +19,8 @@ from typing import Final
 
 from . import _inject
 from ._lib import ffi, lib
-from ._window import Window
+from ._window import live as live_views
+from ._window import new_view
 
 __all__ = [
     "AP_FD_DIR",
@@ -39,14 +45,15 @@ __all__ = [
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
-    "Window",
     "fdcheck",
     "last_dev",
+    "live_views",
     "madvise",
     "mmap_anywhere",
     "mmap_fixed",
     "msync",
     "munmap",
+    "new_view",
     "open_path",
     "raw_fdcheck",
     "raw_mmap_fixed",

@@ -1,156 +1,240 @@
-/* aiopmem._ffi._window: the buffer exporter behind Mapping.view().
+/* aiopmem._ffi._window: the buffer exporter behind Mapping.view() and Reservation.view().
  *
- * A Window exposes `length` bytes at `addr` through the buffer protocol and counts the buffers
- * it has handed out, the way Python's mmap object does: a mapping may only be unmapped once
- * try_close() has succeeded, which it does only when no memoryview, slice of one, or object
- * built on one (a numpy array...) still holds the memory. After that, new buffer requests fail,
- * so no sequence of Python calls can reach unmapped memory. Read-only windows refuse writable
- * buffer requests, so `view.obj` cannot be used to write into a PROT_READ page.
+ * Pinning by liveness. Every view is backed by a Window of its own, an object that exposes
+ * `length` bytes at `addr` through the buffer protocol. The library keeps only *weak*
+ * references to windows (one list per mapping the window covers), so a window is alive
+ * exactly while something outside the library reaches it: a memoryview or a slice of one (each
+ * holds its exporter), `view.obj` itself, a numpy array built with `buffer=view` (it keeps
+ * `view.obj` and releases the export at once), a ctypes object, a traceback's frame... An
+ * unmap or a close goes ahead only when every window over the memory is dead, and a dead
+ * window cannot come back, so nothing can reach memory once it is unmapped. Nothing is ever
+ * "closed" or "reopened": a failed unmap leaves no window to undo.
  *
- * Thread-safety: every entry point runs with the GIL held and never releases it, so
- * try_close() is atomic with respect to getbuffer in other threads.
+ * A window holds a strong reference to its owner (the reservation), so a reservation dropped
+ * while a view lives stays mapped until the last window dies, and is released then (as an
+ * `mmap` object is).
+ *
+ * Users cannot make or change windows: the type cannot be instantiated and has no methods.
+ * new_view() makes the window, registers it in every list it is given and returns a memoryview
+ * of it in one C call, so no interruption (a KeyboardInterrupt raised by a signal handler or a
+ * trace function between two Python lines) can leave a live window unregistered.
+ *
+ * Thread-safety: every entry point runs with the GIL held and never releases it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
     PyObject_HEAD
     char *addr;
     Py_ssize_t length;
-    Py_ssize_t exports;
     int readonly;
-    int closed;
+    PyObject *owner;
+    PyObject *weakreflist;
 } Window;
 
 static int
 window_getbuffer(Window *self, Py_buffer *view, int flags)
 {
-    if (self->closed) {
-        PyErr_SetString(PyExc_ValueError, "the mapping is unmapped");
-        return -1;
-    }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->length, self->readonly,
-                          flags) < 0)
-        return -1;
-    self->exports++;
-    return 0;
-}
-
-static void
-window_releasebuffer(Window *self, Py_buffer *view)
-{
-    (void)view;
-    self->exports--;
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->length, self->readonly,
+                             flags);
 }
 
 static PyBufferProcs window_as_buffer = {
     (getbufferproc)window_getbuffer,
-    (releasebufferproc)window_releasebuffer,
+    NULL,
 };
 
-static PyObject *
-window_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+static int
+window_traverse(Window *self, visitproc visit, void *arg)
 {
-    static char *kwlist[] = {"address", "length", "readonly", NULL};
-    unsigned long long addr;
-    Py_ssize_t length;
-    int readonly;
-    Window *self;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Knp", kwlist, &addr, &length, &readonly))
-        return NULL;
-    if (length < 0) {
-        PyErr_SetString(PyExc_ValueError, "negative length");
-        return NULL;
-    }
-    self = (Window *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->addr = (char *)(uintptr_t)addr;
-    self->length = length;
-    self->exports = 0;
-    self->readonly = readonly;
-    self->closed = 0;
-    return (PyObject *)self;
+    Py_VISIT(self->owner);
+    return 0;
 }
 
-static PyObject *
-window_try_close(Window *self, PyObject *unused)
+static int
+window_clear(Window *self)
 {
-    (void)unused;
-    if (self->exports > 0)
-        Py_RETURN_FALSE;
-    self->closed = 1;
-    Py_RETURN_TRUE;
+    Py_CLEAR(self->owner);
+    return 0;
 }
 
-static PyObject *
-window_reopen(Window *self, PyObject *unused)
+static void
+window_dealloc(Window *self)
 {
-    (void)unused;
-    self->closed = 0;
-    Py_RETURN_NONE;
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    Py_CLEAR(self->owner);
+    PyObject_GC_Del(self);
 }
-
-static PyObject *
-window_get_exports(Window *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromSsize_t(self->exports);
-}
-
-static PyObject *
-window_get_closed(Window *self, void *closure)
-{
-    (void)closure;
-    return PyBool_FromLong(self->closed);
-}
-
-static PyMethodDef window_methods[] = {
-    {"try_close", (PyCFunction)window_try_close, METH_NOARGS,
-     "Close if no buffer is exported; returns whether it closed."},
-    {"reopen", (PyCFunction)window_reopen, METH_NOARGS,
-     "Undo try_close() (the unmap it guarded failed)."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef window_getset[] = {
-    {"exports", (getter)window_get_exports, NULL, "Buffers currently exported.", NULL},
-    {"closed", (getter)window_get_closed, NULL, "Whether new buffers are refused.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
 
 static PyTypeObject WindowType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "aiopmem._ffi._window.Window",
     .tp_basicsize = sizeof(Window),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Buffer exporter over mapped memory, counting its exports.",
-    .tp_new = window_new,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = "The memory behind a view of an aiopmem mapping (made by the library only).",
     .tp_as_buffer = &window_as_buffer,
-    .tp_methods = window_methods,
-    .tp_getset = window_getset,
+    .tp_traverse = (traverseproc)window_traverse,
+    .tp_clear = (inquiry)window_clear,
+    .tp_dealloc = (destructor)window_dealloc,
+    .tp_weaklistoffset = offsetof(Window, weakreflist),
+};
+
+static int
+ref_alive(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj;
+    int r = PyWeakref_GetRef(ref, &obj);
+    Py_XDECREF(obj);
+    return r;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == NULL ? -1 : obj != Py_None;
+#endif
+}
+
+/* Drop the dead references of `list` in place; returns how many live ones remain, or -1. */
+static Py_ssize_t
+prune(PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list), kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int alive = ref_alive(PyList_GET_ITEM(list, i));
+        if (alive < 0)
+            return -1;
+        if (alive) {
+            if (kept != i) { /* swap: the list keeps owning every item */
+                PyObject *tmp = PyList_GET_ITEM(list, kept);
+                PyList_SET_ITEM(list, kept, PyList_GET_ITEM(list, i));
+                PyList_SET_ITEM(list, i, tmp);
+            }
+            kept++;
+        }
+    }
+    if (kept < n && PyList_SetSlice(list, kept, n, NULL) < 0)
+        return -1;
+    return kept;
+}
+
+/* Registration lists are pruned when their length reaches a power of two (>= 8): amortized
+   constant work per view, whatever the number of views alive. */
+static int
+register_in(PyObject *list, PyObject *ref)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n >= 8 && (n & (n - 1)) == 0 && prune(list) < 0)
+        return -1;
+    return PyList_Append(list, ref);
+}
+
+static PyObject *
+new_view(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "new_view(owner, holders, address, length, readonly)");
+        return NULL;
+    }
+    PyObject *owner = args[0], *holders = args[1];
+    if (!PyTuple_Check(holders)) {
+        PyErr_SetString(PyExc_TypeError, "holders must be a tuple of lists");
+        return NULL;
+    }
+    Py_ssize_t nh = PyTuple_GET_SIZE(holders);
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        if (!PyList_CheckExact(PyTuple_GET_ITEM(holders, i))) {
+            PyErr_SetString(PyExc_TypeError, "holders must be a tuple of lists");
+            return NULL;
+        }
+    }
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[2]);
+    if (addr == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t length = PyLong_AsSsize_t(args[3]);
+    if (length == -1 && PyErr_Occurred())
+        return NULL;
+    if (length < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative length");
+        return NULL;
+    }
+    int readonly = PyObject_IsTrue(args[4]);
+    if (readonly < 0)
+        return NULL;
+
+    Window *w = PyObject_GC_New(Window, &WindowType);
+    if (w == NULL)
+        return NULL;
+    w->addr = (char *)(uintptr_t)addr;
+    w->length = length;
+    w->readonly = readonly;
+    Py_INCREF(owner);
+    w->owner = owner;
+    w->weakreflist = NULL;
+    PyObject_GC_Track(w);
+
+    PyObject *ref = PyWeakref_NewRef((PyObject *)w, NULL);
+    if (ref == NULL) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    Py_ssize_t done = 0;
+    for (; done < nh; done++) {
+        if (register_in(PyTuple_GET_ITEM(holders, done), ref) < 0)
+            break;
+    }
+    PyObject *mv = done == nh ? PyMemoryView_FromObject((PyObject *)w) : NULL;
+    Py_DECREF(ref);
+    /* On failure the window dies here: the references already registered are dead ones. */
+    Py_DECREF(w);
+    return mv;
+}
+
+static PyObject *
+live(PyObject *module, PyObject *lists)
+{
+    (void)module;
+    if (!PyTuple_Check(lists)) {
+        PyErr_SetString(PyExc_TypeError, "live() takes a tuple of lists");
+        return NULL;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lists); i++) {
+        PyObject *list = PyTuple_GET_ITEM(lists, i);
+        if (!PyList_CheckExact(list)) {
+            PyErr_SetString(PyExc_TypeError, "live() takes a tuple of lists");
+            return NULL;
+        }
+        Py_ssize_t n = prune(list);
+        if (n < 0)
+            return NULL;
+        total += n;
+    }
+    return PyLong_FromSsize_t(total);
+}
+
+static PyMethodDef module_methods[] = {
+    {"new_view", (PyCFunction)(void (*)(void))new_view, METH_FASTCALL,
+     "new_view(owner, holders, address, length, readonly) -> memoryview (library use only)"},
+    {"live", (PyCFunction)live, METH_O,
+     "live(lists) -> number of live windows registered in the lists (dead ones pruned)"},
+    {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef window_module = {
-    PyModuleDef_HEAD_INIT, "_window", "Buffer exporter for aiopmem mappings.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_window", "Buffer exporter for aiopmem mappings.", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC
 PyInit__window(void)
 {
-    PyObject *m;
     if (PyType_Ready(&WindowType) < 0)
         return NULL;
-    m = PyModule_Create(&window_module);
-    if (m == NULL)
-        return NULL;
-    Py_INCREF(&WindowType);
-    if (PyModule_AddObject(m, "Window", (PyObject *)&WindowType) < 0) {
-        Py_DECREF(&WindowType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    /* The type is not added to the module: it is reachable only as type(view.obj). */
+    return PyModule_Create(&window_module);
 }
