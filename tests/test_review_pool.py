@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gc
 import random
 import threading
@@ -395,44 +394,50 @@ def test_one_reservation_from_several_loops_and_threads() -> None:
     assert not failures, failures
 
 
-def _grab_view_at_0(
-    rsv: aiopmem.Reservation, views: list[memoryview], stop: threading.Event
-) -> None:
-    """Spin until a mapping appears at offset 0, then take a view of it."""
-    while not stop.is_set():
-        m = rsv.sync.find(0)
-        if m is not None:
-            with contextlib.suppress(aiopmem.ClosedError):
-                views.append(m.view())
-            return
-
-
 @pytest.mark.anyio
 async def test_cancelled_map_whose_undo_fails_still_delivers_the_cancellation() -> None:
     """A map is cancelled; before its undo (the unmap) runs, another thread finds the new
     mapping and takes a view, so the unmap fails with BufferError. Before the fix that
     BufferError escaped instead of the cancellation (out of move_on_after!). Now the
     cancellation wins and the mapping, which someone is using, stays in the reservation.
-    (The other thread races the undo; the scenario is repeated until it wins once.)"""
-    exercised = False
-    for _ in range(5):
-        async with aiopmem.reserve(16 * A) as rsv:
-            views: list[memoryview] = []
-            stop = threading.Event()
 
-            thread = threading.Thread(target=_grab_view_at_0, args=(rsv, views, stop))
+    Deterministic: a front shrink from a third thread registers while the map's mmap is slowed,
+    so the undo (a shared operation) is admitted only after the shrink, whose munmap is slowed
+    too: the view is taken well before."""
+    async with aiopmem.reserve(16 * A) as rsv:
+        core = rsv.sync
+        views: list[memoryview] = []
+        errors: list[BaseException] = []
+
+        def shrink_then_grab(inj: Any) -> None:
+            try:
+                while not inj.fired:  # the map's mmap is in flight
+                    time.sleep(0.001)
+                grabber = threading.Thread(target=grab)
+                grabber.start()
+                core.shrink(0, A)  # waits for the map, then holds the gate for 0.3 s
+                grabber.join()
+            except BaseException as exc:
+                errors.append(exc)
+
+        def grab() -> None:
+            while (m := core.find(A)) is None:
+                time.sleep(0.0005)
+            views.append(m.view())
+
+        with (
+            inject("mmap", delay=0.3) as inj,
+            inject("munmap", delay=0.3),
+            anyio.move_on_after(0.05) as scope,
+        ):
+            thread = threading.Thread(target=shrink_then_grab, args=(inj,))
             thread.start()
             try:
-                with inject("mmap", delay=0.3), anyio.move_on_after(0.05) as scope:
-                    await rsv.map_anonymous(0, A)
+                await rsv.map_anonymous(A, A)
             finally:
-                stop.set()
-                thread.join()
-            assert scope.cancelled_caught
-            # The view was taken before the undo: the mapping stays; otherwise it was undone.
-            assert [m.offset for m in rsv.mappings()] == ([0] if views else [])
-            exercised = exercised or bool(views)
-            views.clear()
-        if exercised:
-            break
-    assert exercised, "the other thread never got its view before the undo"
+                await anyio.to_thread.run_sync(thread.join)
+        assert not errors, errors
+        assert scope.cancelled_caught
+        assert len(views) == 1
+        assert [m.offset for m in rsv.mappings()] == [0]  # kept: someone uses it
+        views.clear()
