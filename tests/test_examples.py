@@ -50,3 +50,45 @@ def test_example_runs(name: str, tmp_path: Path) -> None:
     last = proc.stdout.splitlines()[-1]
     assert last.startswith(name.removesuffix(".py") + ":") and last.endswith("OK"), proc.stdout
     assert list(tmp_path.iterdir()) == [], "the example left files behind"
+
+
+README = EXAMPLES.parent / "README.md"
+
+
+def _readme_blocks() -> list[str]:
+    """The ```python blocks of the README, in order."""
+    blocks, current = [], None
+    for line in README.read_text().splitlines():
+        if current is None:
+            if line.strip() == "```python":
+                current = []
+        elif line.strip() == "```":
+            blocks.append("\n".join(current) + "\n")
+            current = None
+        else:
+            current.append(line)
+    return blocks
+
+
+def test_the_readme_has_python_blocks() -> None:
+    assert _readme_blocks(), "no ```python block found in README.md"
+
+
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_as_written_in_an_empty_directory(index: int, tmp_path: Path) -> None:
+    """A user copies the README's code into a file and runs it where nothing else is."""
+    script = tmp_path / "readme_example.py"
+    script.write_text(_readme_blocks()[index])
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == "", proc.stderr  # not even a warning
+    if "describe()" in _readme_blocks()[index]:  # the picture names every file it maps
+        for name in ("a.bin", "b.bin", "c.bin"):
+            assert name in proc.stdout, proc.stdout

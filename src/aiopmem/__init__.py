@@ -63,9 +63,15 @@ __all__ = [
 ]
 
 _ASYNC_NAMES = frozenset({"Mapping", "Reservation", "reserve"})
+#: Submodules reachable as attributes after a bare ``import aiopmem``.
+_SUBMODULES = frozenset({"sync", "testing"})
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     # The async classes import anyio; loading them on first use keeps `import aiopmem.sync`
     # (which imports this package first) free of anyio.
     if name in _ASYNC_NAMES:
@@ -78,4 +84,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _ASYNC_NAMES)
+    return sorted(set(globals()) | _ASYNC_NAMES | _SUBMODULES)

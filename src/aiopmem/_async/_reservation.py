@@ -28,6 +28,7 @@ import anyio
 from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, note_left_open, public_name
+from .._core._source import FileSource
 from ._dispatch import run_blocking
 from ._mapping import Mapping
 from ._opening import Opening
@@ -147,7 +148,7 @@ class Reservation(metaclass=NoPublicConstructor):
 
     def map_file(
         self,
-        file: object,
+        file: FileSource,
         offset: int,
         *,
         length: int | None = None,

@@ -16,6 +16,13 @@ class NoPublicConstructor(type):
             "use aiopmem.reserve() and Reservation.map_file()/map_anonymous()"
         )
 
+    @property
+    def __signature__(cls) -> Any:
+        # Without this, inspect (and so help()) shows the class as ``Reservation(*args,
+        # **kwargs)``, the signature of __call__ above: a constructor users cannot call.
+        # ValueError is inspect's "no signature", which help() leaves out.
+        raise ValueError(f"{cls.__qualname__} has no public constructor")
+
     def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
         return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
 

@@ -60,7 +60,7 @@ from ._placement import (
     take_range_with_headroom,
 )
 from ._procmaps import covered
-from ._source import Source, fd_error, open_source
+from ._source import WRITE_HINT, FileSource, Source, fd_error, open_source
 
 __all__ = ["Reservation", "reserve"]
 
@@ -118,9 +118,12 @@ def _check_sharing(sharing: object) -> Sharing:
     return sharing
 
 
-def _map_error(err: int) -> Exception:
+def _map_error(err: int, bits: int, kind: int) -> Exception:
     if err == errno.EACCES:
-        return NoAccessError(f"the kernel refused the access: {_ffi.strerror(err)}")
+        hint = ""
+        if kind == _FILE_SHARED and bits & _ffi.PROT_WRITE:
+            hint = f" (the descriptor is not open for writing: {WRITE_HINT})"
+        return NoAccessError(f"the kernel refused the access: {_ffi.strerror(err)}{hint}")
     if err == errno.EBADF:
         return InvalidFileHandleError(
             f"the kernel refused the file descriptor: {_ffi.strerror(err)}"
@@ -224,7 +227,7 @@ class Reservation(metaclass=NoPublicConstructor):
 
     def map_file(
         self,
-        file: object,
+        file: FileSource,
         offset: int,
         *,
         length: int | None = None,
@@ -385,6 +388,8 @@ class Reservation(metaclass=NoPublicConstructor):
                 gate.leave_shared()
                 if offset & _MASK:
                     raise OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
+                if offset < 0:  # libpmem2 reports it as a length error; the fault is the offset's
+                    raise LengthOutOfRangeError(f"offset {offset} is negative")
                 raise LengthOutOfRangeError(
                     f"[{offset}, {offset + span}) does not fit in the reservation of "
                     f"{self._size} bytes"
@@ -427,7 +432,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 err = try_mmap(addr, length, bits, flags, fd, file_offset)
             if err:
                 self._mend_after_failed_map(addr, span)
-                raise _map_error(err)
+                raise _map_error(err, bits, kind)
             m = new_mapping(
                 self, addr, length, span, file_offset, protection, sharing, granularity, label
             )
@@ -786,8 +791,13 @@ class Reservation(metaclass=NoPublicConstructor):
             pos = lo
             covered_by: list[Mapping] = []
             readonly = False
+            gap_end = hi
             for start, end, m in self._index.between(lo, hi):
-                if start > pos or m is None or m._state != OPEN:
+                if start > pos:
+                    gap_end = start
+                    break
+                if m is None or m._state != OPEN:  # being mapped, a hole, being unmapped
+                    gap_end = end
                     break
                 if Protection.READ not in m._protection:
                     raise NoAccessError(f"{m!r} lacks READ")
@@ -795,8 +805,10 @@ class Reservation(metaclass=NoPublicConstructor):
                 covered_by.append(m)
                 pos = end
             if pos < hi:
+                base = self._address
                 raise NoAccessError(
-                    f"[{pos - self._address:#x}, ...) of the requested range is not mapped"
+                    f"[{pos - base:#x}, {min(gap_end, hi) - base:#x}) of the reservation is not "
+                    f"mapped (the view asked for [{off:#x}, {off + n:#x}))"
                 )
             return _new_view(self, tuple(m._views for m in covered_by), lo, n, readonly)
 

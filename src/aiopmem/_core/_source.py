@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Final, final
+from typing import Final, Protocol, TypeAlias, Union, final
 
 from .. import _ffi
 from ._errors import InvalidFileHandleError, InvalidFileTypeError, NoAccessError
@@ -59,6 +59,22 @@ def fd_error(fd: int, code: int, name: str) -> Exception:
     return OSError(-code, os.strerror(-code))
 
 
+class HasFileno(Protocol):
+    """An open file object: anything with ``fileno()`` (``open()``'s result, a socket...)."""
+
+    def fileno(self) -> int: ...
+
+
+#: What ``map_file`` maps: a path, an open descriptor, or an object with ``fileno()``.
+FileSource: TypeAlias = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", int, HasFileno]
+
+#: What a shared writable mapping of a file that cannot be written can do instead.
+WRITE_HINT: Final = (
+    "map it with protection=Protection.READ, or with sharing=Sharing.PRIVATE for a "
+    "copy-on-write mapping whose stores never reach the file"
+)
+
+
 def open_source(file: object, writable: bool) -> Source:
     """Resolve ``file`` (path, descriptor or ``fileno()`` object) to an open, mappable file.
 
@@ -80,6 +96,10 @@ def open_source(file: object, writable: bool) -> Source:
         except IsADirectoryError:
             raise InvalidFileTypeError(f"{path!r} is a directory") from None
         except PermissionError as exc:
+            if writable:  # a shared writable mapping needs the file open for writing
+                raise NoAccessError(
+                    f"cannot open {path!r} for writing: {exc.strerror} ({WRITE_HINT})"
+                ) from None
             raise NoAccessError(f"cannot open {path!r}: {exc.strerror}") from None
         return _check_fd(fd, repr(path) if isinstance(path, bytes) else path, owned=True)
     fileno = getattr(file, "fileno", None)
