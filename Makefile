@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aiopmem-installed
+# The demo needs only the package and its progress extra: `make demo` on a fresh clone installs
+# just that; `make test` installs everything (which the demo then reuses).
+DEMO_STAMP := $(VENV)/.aiopmem-demo-installed
 SOURCES := pyproject.toml setup.py $(wildcard src/aiopmem/_ffi/*.c src/aiopmem/_ffi/*.h src/aiopmem/_ffi/_build.py)
 LINTED := src tests benchmarks examples
 
@@ -17,9 +20,13 @@ $(PY):
 # Reinstalls (and recompiles the C parts) only when the build inputs change.
 $(STAMP): $(SOURCES) | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,lint,docs,progress]'
+	@touch $@ $(DEMO_STAMP)
+
+$(DEMO_STAMP): $(SOURCES) | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[progress]'
 	@touch $@
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m aiopmem demo
 
 lint: $(STAMP)

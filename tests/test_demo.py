@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import os
+import random
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -319,3 +322,87 @@ def test_no_progress() -> None:
     stream = Terminal()
     anyio.run(_show, Progress(100, False, stream=stream, interval=0.01), 5)
     assert stream.getvalue() == ""
+
+
+# -- crash consistency: a run stopped at any moment leaves a log that verifies -----------------
+
+
+def _committed(directory: Path) -> int | None:
+    """The committed count in the log header, read through the file (None: no header yet)."""
+    try:
+        with open(directory / "chunk-00000.log", "rb") as f:
+            header = f.read(LOG_HEADER_SIZE)
+    except FileNotFoundError:
+        return None
+    if len(header) < LOG_HEADER_SIZE or not header.startswith(b"AIOPMLOG"):
+        return None
+    return int.from_bytes(header[32:40], "little")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_run_stopped_at_a_random_moment_keeps_every_committed_record(
+    sig: signal.Signals, backend: str, tmp_path: Path
+) -> None:
+    """SIGKILL (nothing runs after it) or SIGINT (Ctrl-C) at a random moment of a --dir run:
+    the log then verifies, and holds at least every record committed before the signal. Ctrl-C
+    ends the run with status 130 and one line on stderr."""
+    rng = random.Random(f"{sig}-{backend}")
+    for trial in range(3):
+        directory = tmp_path / f"log{trial}"
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "aiopmem", "demo", "--backend", backend,
+                "--records", "2000000", "--record-size", "256", "--chunk-size", "1MiB",
+                "--no-progress", "--dir", str(directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while _committed(directory) is None:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the log never appeared"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.6))
+            before = _committed(directory)
+            assert before is not None
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130, err
+            assert err.count("\n") == 1 and "interrupted" in err, err
+            assert "Traceback" not in err and "ExceptionGroup" not in err
+        else:
+            assert proc.returncode == -signal.SIGKILL
+        result = verify(directory)
+        assert result.ok, result.errors
+        assert not result.complete and result.planned == 2_000_000
+        assert result.records >= before, (result.records, before)
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["verify"]])
+def test_help_documents_the_exit_statuses(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for status in ("0 the log verified", "1 it did not", "2 bad options", "130 interrupted"):
+        assert status in " ".join(out.split()), out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import aiopmem
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"aiopmem {aiopmem.__version__}"

@@ -107,10 +107,15 @@ def test_sync_shared_waits_behind_at_most_one_exclusive_operation() -> None:
 
         looper = _looping(resize, stop)
         try:
-            for k in range(300):
+            # Until the two threads have really met at the gate a number of times (a loaded
+            # machine may run one thread alone for a while).
+            deadline = time.monotonic() + 30
+            k = 0
+            while (k < 300 or gate.shared_waits < 20) and time.monotonic() < deadline:
                 m = rsv.map_anonymous((k % 8) * P, P)
                 m.persist()
                 m.unmap()
+                k += 1
         finally:
             stop.set()
             looper.join(10)
@@ -134,8 +139,11 @@ def test_sync_stream_of_maps_cannot_starve_an_extend() -> None:
 
         loopers = [_looping(churn(k), stop) for k in range(3)]
         try:
-            for _ in range(300):
+            deadline = time.monotonic() + 30
+            k = 0
+            while (k < 300 or gate.exclusive_waits < 20) and time.monotonic() < deadline:
                 rsv.extend(P)
+                k += 1
         finally:
             stop.set()
             for t in loopers:

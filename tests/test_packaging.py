@@ -53,3 +53,39 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_examples(tmp_path: Path) 
             timeout=300, check=False,
         )  # fmt: skip
         assert done.returncode == 0, f"{example.name}\n{done.stdout}\n{done.stderr}"
+
+
+# -- metadata (quick) ------------------------------------------------------------------------
+
+
+def test_the_version_lives_in_one_place() -> None:
+    import importlib.metadata
+
+    import aiopmem
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert importlib.metadata.version("aiopmem") == aiopmem.__version__
+
+
+def test_metadata_has_no_placeholder_and_names_every_python() -> None:
+    import importlib.metadata
+
+    meta = importlib.metadata.metadata("aiopmem")
+    text = str(meta)
+    assert "example.invalid" not in text and "example.com" not in text
+    for url in meta.get_all("Project-URL") or []:
+        assert "invalid" not in url
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert meta["Requires-Python"] == ">=3.10"
+    for minor in (10, 11, 12, 13):
+        assert f"Programming Language :: Python :: 3.{minor}" in classifiers
+
+
+def test_make_demo_installs_only_what_the_demo_needs(tmp_path: Path) -> None:
+    """On a fresh clone, `make demo` installs the package and its progress extra, not the
+    test and lint tools (`make -n`: what it would run)."""
+    out = run("make", "-n", "demo", f"VENV={tmp_path / 'venv'}", cwd=ROOT)
+    installs = [line for line in out.splitlines() if "pip install" in line]
+    assert installs and all("'.[progress]'" in line for line in installs), out

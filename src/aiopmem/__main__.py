@@ -10,6 +10,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+#: Exit statuses, documented in --help.
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+_STATUSES = (
+    "exit status: 0 the log verified (an interrupted log verifies up to its last commit), "
+    "1 it did not, 2 bad options, 130 interrupted (Ctrl-C)"
+)
+
 _SIZE = re.compile(r"(?i)^\s*(\d+)\s*(k|m|g|kib|mib|gib|kb|mb|gb)?\s*$")
 _UNIT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -36,13 +43,16 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m aiopmem``."""
+    from . import __version__
     from ._demo import DemoConfig
 
     defaults = DemoConfig()
     top = argparse.ArgumentParser(
         prog="python -m aiopmem",
         description="aiopmem: virtual-memory reservations for async Python.",
+        epilog=_STATUSES,
     )
+    top.add_argument("--version", action="version", version=f"aiopmem {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
@@ -50,9 +60,12 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Concurrent tasks append records to a log kept in fixed-size chunk files mapped "
             "back to back into one reservation, which extend()s by a chunk when the log needs "
-            "room. The chunks are then persisted, mapped again read-only and every record "
-            "is verified. Exit status 0 if it verified, 1 if not."
+            "room; a committer persists the records written so far, then the header that "
+            "counts them, so a run killed or interrupted at any moment leaves a log that "
+            "verifies up to its last commit. The chunks are then mapped again read-only and "
+            "every record is verified."
         ),
+        epilog=_STATUSES,
     )
     _add_backend(demo)
     demo.add_argument(
@@ -92,29 +105,53 @@ def parser() -> argparse.ArgumentParser:
     verify = commands.add_parser(
         "verify",
         help="verify a log the demo left in a directory (demo --dir)",
-        description="Map the chunk files read-only and check every record. Exit status 0 if "
-        "the log verified, 1 if not.",
+        description="Map the chunk files read-only and check every committed record (a log "
+        "whose run was interrupted is checked up to its last commit).",
+        epilog=_STATUSES,
     )
     verify.add_argument("dir", type=Path, help="the directory given to demo --dir")
     _add_backend(verify)
     return top
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt, or an exception group of nothing else (trio and
+    anyio task groups wrap what their tasks raise)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
+    return bool(inner) and all(map(_interrupted, inner))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m aiopmem`` with ``argv``; returns the exit status."""
+    """Run ``python -m aiopmem`` with ``argv``; returns the exit status.
+
+    Ctrl-C ends it with status 130 and one line on stderr, on every backend."""
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+    where = getattr(args, "dir", None)
+    kept = f": the log in {where} keeps every committed record" if where else ""
+    print(f"python -m aiopmem {args.command}: interrupted{kept}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     from ._demo import DemoConfig, run_demo, run_verify
 
-    args = parser().parse_args(argv)
     for module, wanted in (("trio", args.backend == "trio"), ("uvloop", args.uvloop)):
         if wanted and importlib.util.find_spec(module) is None:
             print(
                 f"python -m aiopmem: {module} is not installed (pip install 'aiopmem[{module}]')",
                 file=sys.stderr,
             )
-            return 2
+            return USAGE
     if args.uvloop and args.backend != "asyncio":
         print("python -m aiopmem: --uvloop goes with --backend asyncio", file=sys.stderr)
-        return 2
+        return USAGE
     if args.command == "verify":
         return run_verify(args.dir, args.backend, args.uvloop)
     config = DemoConfig(
@@ -132,12 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.check()
     except ValueError as exc:
         print(f"python -m aiopmem demo: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
     try:
         return run_demo(config)
     except FileExistsError as exc:
         print(f"python -m aiopmem demo: {exc}", file=sys.stderr)
-        return 2
+        return USAGE
 
 
 if __name__ == "__main__":

@@ -8,20 +8,31 @@ creates the next chunk file, ``extend()``s the reservation by one chunk and maps
 there; the tasks that also need room wait for it on an ``anyio.Lock``, the others keep writing.
 Nothing ever moves: the reservation keeps its address while it grows.
 
-At the end every chunk is persisted (msync), the reservation is closed, and the chunk files are
-mapped again, read-only, into a fresh reservation, where every record is checked (magic,
-length, crc32, and that each task's sequence numbers are all there, once, in order) through a
-single view of the whole log (and a numpy array over it when numpy is installed).
+Crash consistency. The log commits as it goes: a committer task, every ``COMMIT_INTERVAL``
+seconds, finds the longest prefix of records that are all written (claims finish out of
+order), persists that part of the log (msync of the chunks it covers), and only then writes
+the new count into the log header and persists the header's page. So the header's count never
+covers a record that is not on stable storage: a run killed (SIGKILL, power loss) or
+interrupted (Ctrl-C) at any moment leaves a log whose committed records all verify. At the end
+the last records are committed and the header is marked complete.
+
+Then the chunk files are mapped again, read-only, into a fresh reservation, where every record
+is checked (magic, length, crc32, and that each task's sequence numbers are all there, once,
+in order) through a single view of the whole log (and a numpy array over it when numpy is
+installed). ``python -m aiopmem verify DIR`` does the same for a log left in a directory; an
+interrupted log verifies up to its last commit.
 
 On-disk format (little-endian), chunk files ``chunk-00000.log``, ``chunk-00001.log``, ...::
 
     log header, 64 bytes at offset 0:
-        magic b"AIOPMLOG", version u32, record_size u32, chunk_size u64, tasks u64,
-        records u64 (the committed count, written last), zero padding
+        magic b"AIOPMLOG", version u32 (2), record_size u32, chunk_size u64, tasks u64,
+        committed u64 (records durable on disk), planned u64 (records the run was to write),
+        complete u64 (1 once the run wrote and committed all of them), zero padding
     record k, at 64 + k * record_size:
         magic b"REC1", crc32 u32 (of the rest of the record), length u32 (of the payload),
         task u32, seq u64, payload
-    after the last record: zeros to the end of the last chunk
+    after the last record of a complete log: zeros to the end of the last chunk (an
+    interrupted log may hold partly written records past its committed ones)
 
 Only the public API is used here: this module is also an example to read.
 """
@@ -64,8 +75,14 @@ __all__ = [
 MiB: Final = 1 << 20
 
 LOG_MAGIC: Final = b"AIOPMLOG"
-LOG_VERSION: Final = 1
-LOG_HEADER: Final = struct.Struct("<8sIIQQQ")
+LOG_VERSION: Final = 2
+LOG_HEADER: Final = struct.Struct("<8sIIQQQQQ")
+#: Offset of the committed count in the header (written by each commit).
+COMMITTED_AT: Final = 32
+#: Offset of the complete flag in the header (written by the last commit).
+COMPLETE_AT: Final = 48
+#: Seconds between two commits while the writers run.
+COMMIT_INTERVAL: Final = 0.05
 #: Records start here. 64 rather than LOG_HEADER.size (40) leaves room for the header to grow,
 #: and also shifts the records so that even a record size dividing the chunk size (256 and
 #: 4 MiB, the defaults) makes records straddle the chunk boundaries.
@@ -156,12 +173,28 @@ class Log:
         self.growing = anyio.Lock()
         self.extends = 0
         self.waits = 0
+        #: Records durable on disk and counted in the header.
+        self.committed = 0
+        #: Every record before this one is written (claims finish out of order).
+        self.written = 0
+        #: Finished claims beyond ``written``: first record -> end.
+        self.finished: dict[int, int] = {}
+        #: One commit at a time (the committer task, the final commit).
+        self.committing = anyio.Lock()
+        self.commits = 0
 
     @classmethod
     async def create(
-        cls, directory: Path, chunk_size: int, record_size: int, tasks: int, max_size: int
+        cls,
+        directory: Path,
+        chunk_size: int,
+        record_size: int,
+        tasks: int,
+        max_size: int,
+        planned: int = 0,
     ) -> Log:
-        """A new, empty log in ``directory``: one chunk, a log header with no record yet.
+        """A new, empty log in ``directory``: one chunk, a persisted log header with no record
+        committed yet (``planned``: the records the run is to write).
 
         ``max_size`` is passed to ``reserve()``: address space kept behind the log so that its
         ``extend()``s up to that size cannot fail (it costs no memory, only address space).
@@ -172,25 +205,35 @@ class Log:
             await log.add_chunk()
             with rsv.view(0, LOG_HEADER_SIZE) as header:
                 LOG_HEADER.pack_into(
-                    header, 0, LOG_MAGIC, LOG_VERSION, record_size, chunk_size, tasks, 0
+                    header, 0, LOG_MAGIC, LOG_VERSION, record_size, chunk_size, tasks, 0, planned, 0
                 )
+            await log.chunks[0].persist(0, LOG_HEADER_SIZE)
         except BaseException:
             await rsv.aclose()
             raise
         return log
 
-    async def claim(self, count: int) -> memoryview:
-        """Claim the next ``count`` records of the log and return a writable view of them.
+    async def claim(self, count: int) -> tuple[int, memoryview]:
+        """Claim the next ``count`` records of the log: the index of the first one and a
+        writable view of them. Call ``finish()`` once they are written.
 
         The view spans chunk files when the claim straddles a boundary. Release it (``with``)
         once written: the log cannot be closed while a view is alive.
         """
-        start = LOG_HEADER_SIZE + self.records * self.record_size
-        self.records += count  # no await since `start` was read: claims never overlap
+        first = self.records
+        self.records += count  # no await since `first` was read: claims never overlap
+        start = LOG_HEADER_SIZE + first * self.record_size
         end = start + count * self.record_size
         if end > self.capacity:
             await self.make_room(end)
-        return self.rsv.view(start, end - start)
+        return first, self.rsv.view(start, end - start)
+
+    def finish(self, first: int, count: int) -> None:
+        """Records ``[first, first + count)`` are written: the next commit may cover them
+        once every record before them is written too."""
+        self.finished[first] = first + count
+        while self.written in self.finished:
+            self.written = self.finished.pop(self.written)
 
     async def make_room(self, end: int) -> None:
         """Return once the log is mapped up to ``end``; one task at a time adds chunks."""
@@ -213,14 +256,38 @@ class Log:
         self.chunks.append(await self.rsv.map_file(path, offset))
         self.capacity = offset + self.chunk_size
 
-    async def commit(self) -> None:
-        """Record the number of records in the log header, then persist every chunk (their
-        msyncs run concurrently in worker threads)."""
-        with self.rsv.view(0, LOG_HEADER.size) as header:
-            struct.pack_into("<Q", header, LOG_HEADER.size - 8, self.records)
-        async with anyio.create_task_group() as tg:
-            for chunk in self.chunks:
-                tg.start_soon(chunk.persist)
+    async def commit(self, *, complete: bool = False) -> None:
+        """Make every record written so far durable, then count it in the header.
+
+        The order is what makes the log crash-consistent: first the new records are persisted
+        (the msyncs of the chunks they cover run concurrently in worker threads), then the
+        count is stored in the header and the header's page persisted. ``complete`` also marks
+        the log as finished (all planned records are in)."""
+        async with self.committing:
+            upto = self.written
+            if upto == self.committed and not complete:
+                return
+            lo = LOG_HEADER_SIZE + self.committed * self.record_size
+            hi = LOG_HEADER_SIZE + upto * self.record_size
+            async with anyio.create_task_group() as tg:
+                for chunk in self.chunks:
+                    start = max(lo, chunk.offset)
+                    end = min(hi, chunk.offset + chunk.size)
+                    if start < end:
+                        tg.start_soon(chunk.persist, start - chunk.offset, end - start)
+            with self.rsv.view(0, LOG_HEADER_SIZE) as header:
+                struct.pack_into("<Q", header, COMMITTED_AT, upto)
+                if complete:
+                    struct.pack_into("<Q", header, COMPLETE_AT, 1)
+            await self.chunks[0].persist(0, LOG_HEADER_SIZE)
+            self.committed = upto
+            self.commits += 1
+
+    async def keep_committing(self, interval: float = COMMIT_INTERVAL) -> None:
+        """Run until cancelled: commit what is written every ``interval`` seconds."""
+        while True:
+            await anyio.sleep(interval)
+            await self.commit()
 
 
 async def write_records(log: Log, task: int, count: int, batch: int, progress: Progress) -> None:
@@ -231,9 +298,11 @@ async def write_records(log: Log, task: int, count: int, batch: int, progress: P
     seq = 0
     while seq < count:
         n = min(batch, count - seq)
-        with await log.claim(n) as view:
+        first, view = await log.claim(n)
+        with view:
             for i in range(n):
                 encode_record(view, i * size, task, seq + i, size, pattern)
+        log.finish(first, n)
         seq += n
         progress.advance(n)
         # Let the other writers in: without an await, this task would write all its records
@@ -309,7 +378,14 @@ class Progress:
 class Verification:
     """What ``check_log`` / ``verify_directory`` found."""
 
+    #: Records committed (durable and counted in the header): the ones checked.
     records: int = 0
+    #: Records the run was to write.
+    planned: int = 0
+    #: Whether the run finished (False: interrupted; it verifies up to its last commit).
+    complete: bool = True
+    #: Chunk files past the log's end that a run interrupted while adding them left behind.
+    ignored: list[str] = field(default_factory=list)
     tasks: int = 0
     record_size: int = 0
     chunk_size: int = 0
@@ -349,15 +425,18 @@ def _numpy() -> ModuleType | None:
 def check_log(view: memoryview, chunk_size: int, *, use_numpy: bool | None = None) -> Verification:
     """Check the log in ``view`` (the whole log: every chunk back to back).
 
-    Checks the log header, every record's magic, length and crc32, that every task's sequence
-    numbers are 0, 1, 2, ... in log order with none missing, and that nothing but zeros follows
-    the last record. ``use_numpy=None`` uses numpy when it is installed.
+    Checks the log header, every committed record's magic, length and crc32, that every
+    task's sequence numbers are 0, 1, 2, ... in log order with none missing, and, for a complete
+    log, that every planned record is there and nothing but zeros follows the last one (an
+    interrupted log may hold partly written records past its last commit: they are not
+    checked). ``use_numpy=None`` uses numpy when it is installed.
     """
     result = Verification(chunk_size=chunk_size, chunks=len(view) // chunk_size)
     if len(view) < LOG_HEADER_SIZE:
         result.error(f"the log is {len(view)} bytes long, shorter than its header")
         return result
-    magic, version, record_size, header_chunk, tasks, records = LOG_HEADER.unpack_from(view)
+    header = LOG_HEADER.unpack_from(view)
+    magic, version, record_size, header_chunk, tasks, records, planned, complete = header
     if magic != LOG_MAGIC or version != LOG_VERSION:
         result.error(f"bad log header: magic {magic!r}, version {version}")
         return result
@@ -373,7 +452,14 @@ def check_log(view: memoryview, chunk_size: int, *, use_numpy: bool | None = Non
     if end > len(view):
         result.error(f"the log header counts {records} records, more than the chunks can hold")
         return result
+    if complete not in (0, 1) or records > planned or (complete and records != planned):
+        result.error(
+            f"bad log header: {records} records committed of {planned} planned, "
+            f"complete flag {complete}"
+        )
+        return result
     result.records, result.tasks, result.record_size = records, tasks, record_size
+    result.planned, result.complete = planned, bool(complete)
     result.straddling = sum(
         1
         for boundary in range(chunk_size, end, chunk_size)
@@ -411,7 +497,7 @@ def _check_records(view: memoryview, result: Verification, end: int) -> None:
             result.error(_gap(task, next_seq[task], seq))
         next_seq[task] = seq + 1
     _check_counts(result, next_seq)
-    _check_tail(view, result, end, _first_nonzero(view, end))
+    _check_tail(view, result, end, _first_nonzero(view, end) if result.complete else None)
 
 
 def _check_records_numpy(np: ModuleType, view: memoryview, result: Verification, end: int) -> None:
@@ -466,6 +552,8 @@ def _check_records_numpy(np: ModuleType, view: memoryview, result: Verification,
         next_seq[task] = int(seqs[-1]) + 1
     del heads, task_of, seq_of, bad, good
     _check_counts(result, next_seq)
+    if not result.complete:
+        return
     tail = np.frombuffer(view, dtype=np.uint8, offset=end)
     nonzero = np.flatnonzero(tail)
     first = end + int(nonzero[0]) if len(nonzero) else None
@@ -496,8 +584,10 @@ def _gap(task: int, expected: int, seq: int) -> str:
 
 
 def _check_counts(result: Verification, next_seq: list[int]) -> None:
+    if not result.complete:  # an interrupted log: each task's records are a gapless prefix
+        return
     for task, seen in enumerate(next_seq):
-        want = records_of_task(task, result.records, result.tasks)
+        want = records_of_task(task, result.planned, result.tasks)
         if seen != want:
             result.error(
                 f"task {task}: the last sequence number is {seen - 1}, expected {want - 1}"
@@ -516,7 +606,7 @@ def _first_nonzero(view: memoryview, start: int) -> int | None:
 
 
 def _check_tail(view: memoryview, result: Verification, end: int, first: int | None) -> None:
-    if first is not None:
+    if first is not None and result.complete:
         result.error(
             f"byte {first:#x} after the last record (which ends at {end:#x}) is not zero: "
             "data past the committed end of the log"
@@ -533,10 +623,15 @@ async def verify_directory(directory: Path, *, use_numpy: bool | None = None) ->
         return result
     sizes = await anyio.to_thread.run_sync(lambda: [p.stat().st_size for p in paths])
     chunk_size = sizes[0]
-    if chunk_size == 0 or chunk_size % aiopmem.ALIGNMENT or len(set(sizes)) != 1:
+    # A run interrupted while it added a chunk can leave the new file short (created, not yet
+    # sized): files of another size are accepted at the end only, and only in an interrupted
+    # log (checked below).
+    used = next((i for i, s in enumerate(sizes) if s != chunk_size), len(sizes))
+    if chunk_size == 0 or chunk_size % aiopmem.ALIGNMENT or chunk_size in sizes[used:]:
         result = Verification()
         result.error(f"the chunk files do not all have one size, a multiple of the page: {sizes}")
         return result
+    extra, paths = [p.name for p in paths[used:]], paths[:used]
     total = chunk_size * len(paths)
     started = time.perf_counter()
     # max_size = size: a log being read does not grow, it needs no headroom.
@@ -552,6 +647,9 @@ async def verify_directory(directory: Path, *, use_numpy: bool | None = None) ->
         # The checking is CPU work over the mapped files: a worker thread, not the event loop.
         result = await anyio.to_thread.run_sync(_check_reservation, rsv, chunk_size, use_numpy)
         result.layout = rsv.describe()
+    result.ignored = extra
+    if extra and result.complete:
+        result.error(f"chunk files of another size after the end of a complete log: {extra}")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -610,6 +708,7 @@ class WriteStats:
     chunks: int = 0
     extends: int = 0
     waits: int = 0
+    commits: int = 0
     address: int = 0
     moved: bool = False
     size: int = 0
@@ -628,22 +727,29 @@ async def write_log(config: DemoConfig, directory: Path) -> WriteStats:
     progress = Progress(config.records, config.progress)
     started = time.perf_counter()
     log = await Log.create(
-        directory, config.chunk_size, config.record_size, config.tasks, chunks * config.chunk_size
+        directory,
+        config.chunk_size,
+        config.record_size,
+        config.tasks,
+        chunks * config.chunk_size,
+        planned=config.records,
     )
     stats.address = log.rsv.address
     try:
         async with anyio.create_task_group() as outer:
             outer.start_soon(progress.show)
+            outer.start_soon(log.keep_committing)
             async with anyio.create_task_group() as writers:
                 for task in range(config.tasks):
                     count = records_of_task(task, config.records, config.tasks)
                     writers.start_soon(write_records, log, task, count, config.batch, progress)
-            outer.cancel_scope.cancel()  # stop the progress display
+            outer.cancel_scope.cancel()  # stop the progress display and the committer
         stats.seconds = time.perf_counter() - started
         started = time.perf_counter()
-        await log.commit()
+        await log.commit(complete=True)
         stats.persist_seconds = time.perf_counter() - started
         stats.chunks, stats.extends, stats.waits = len(log.chunks), log.extends, log.waits
+        stats.commits = log.commits
         stats.moved = log.rsv.address != stats.address
         stats.size = log.rsv.size
     finally:
@@ -670,7 +776,10 @@ async def demo(config: DemoConfig, directory: Path, out: Callable[[str], None]) 
         + (" (MOVED!)" if stats.moved else "")
     )
     out(f"  {stats.waits} times a writer waited for the next chunk to be mapped")
-    out(f"  persisted (msync of every chunk) in {stats.persist_seconds:.2f} s")
+    out(
+        f"  committed as it went: {stats.commits} commits (each persists the new records, "
+        f"then the header that counts them); the last one took {stats.persist_seconds:.2f} s"
+    )
     out("reopening the chunk files read-only in a fresh reservation and verifying every record")
     result = await verify_directory(directory)
     report(result, out)
@@ -686,17 +795,30 @@ def report(result: Verification, out: Callable[[str], None]) -> None:
         f"{rate(result.records, result.seconds)} records/s, "
         f"{rate(result.records * result.record_size / MiB, result.seconds)} MiB/s"
     )
+    if not result.complete:
+        out(
+            f"  the run was interrupted: {result.records:,} of {result.planned:,} records "
+            "were committed; only those are checked"
+            + (f" (ignored: {', '.join(result.ignored)})" if result.ignored else "")
+        )
     if result.ok:
+        what = "complete and in order" if result.complete else "in order, with no gap"
         out(
             f"  every record is intact (magic, length, crc32); all {result.tasks} tasks' "
-            "sequence numbers are complete and in order; "
+            f"sequence numbers are {what}; "
             f"{result.straddling} records straddle a chunk boundary"
         )
     if result.layout:
         out("layout of the reopened log:")
         out(result.layout)
     if result.ok:
-        out("OK: the log verified")
+        if result.complete:
+            out("OK: the log verified")
+        else:
+            out(
+                "OK: the interrupted log verified up to its last commit "
+                f"({result.records:,} records)"
+            )
         return
     out(f"FAILED: {result.error_count} problem(s) found")
     for message in result.errors:
