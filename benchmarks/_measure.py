@@ -123,6 +123,11 @@ class Summary:
         return (self.max - self.min) / self.median if self.median else 0.0
 
 
+class Unavailable(Exception):
+    """Raised by ``Figure.prepare()`` when what the figure measures is not on this machine (a
+    library not installed): the figure is skipped with this one-line reason, no traceback."""
+
+
 @dataclass
 class Scratch:
     """Files every figure may use, in one temporary directory of the default temp dir
