@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: by accident fails here.
 FIGURES = {
     "c_floor",
+    "libpmem2",
     "sync_map",
     "async_map",
     "to_thread",
@@ -46,7 +47,9 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     assert doc["meta"]["profile"] == "quick"
     assert set(doc["figures"]) == FIGURES
     for name, fig in doc["figures"].items():
-        assert fig["error"] is None, f"{name}: {fig['error']}"
+        # Only a figure whose library is not installed may be missing, with its reason.
+        skipped = name == "libpmem2" and str(fig["error"]).startswith("skipped: libpmem2")
+        assert fig["error"] is None or skipped, f"{name}: {fig['error']}"
         assert fig["source"], f"{name}: no description of where its numbers come from"
         assert fig["metrics"], f"{name}: no metric"
         for key, m in fig["metrics"].items():
