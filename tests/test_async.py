@@ -21,6 +21,7 @@ import pytest
 import aiopmem
 import aiopmem.sync
 import kernel
+from aiopmem._async import _dispatch
 from aiopmem._async import _reservation as async_reservation_module
 from aiopmem.testing import inject
 
@@ -364,7 +365,7 @@ async def _run_cancelled(
     else:  # "after": the cancellation lands right after the syscall, before the result is back
         scope = anyio.CancelScope()
         schedule = _loop_scheduler()
-        real = async_reservation_module.run_blocking
+        real = _dispatch.run_blocking
         from aiopmem._async import _mapping as async_mapping_module
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -429,7 +430,7 @@ async def test_cancelled_reserve_leaks_nothing(when: str, monkeypatch: pytest.Mo
                 await anyio.sleep(0.1)
                 scope.cancel()
     else:
-        real = async_reservation_module.run_blocking
+        real = _dispatch.run_blocking
         schedule = _loop_scheduler()
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

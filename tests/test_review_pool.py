@@ -87,7 +87,7 @@ def test_failed_thread_start_leaves_no_phantom_worker(monkeypatch: pytest.Monkey
         def start(self) -> None:
             raise RuntimeError("can't start new thread")
 
-    failing = types.SimpleNamespace(**vars(_workers.threading))
+    failing = types.SimpleNamespace(**vars(threading))  # the module _workers imports
     failing.Thread = NoThread
     monkeypatch.setattr(_workers, "threading", failing)
     lost = threading.Event()
@@ -124,7 +124,7 @@ def test_failed_spare_start_with_a_running_worker(monkeypatch: pytest.MonkeyPatc
         def start(self) -> None:
             raise RuntimeError("can't start new thread")
 
-    failing = types.SimpleNamespace(**vars(_workers.threading))
+    failing = types.SimpleNamespace(**vars(threading))  # the module _workers imports
     failing.Thread = NoThread
     monkeypatch.setattr(_workers, "threading", failing)
     pool.submit(_workers.Job(int, (), _direct_port(second)))  # no raise: it is queued
