@@ -14,7 +14,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -29,6 +29,7 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]] | None] = {
 }
 
 _current: Api | None = None
+_W = TypeVar("_W")
 
 
 async def _await(fn: Callable[..., Any], *args: Any) -> Any:
@@ -134,20 +135,20 @@ class Api:
     def __init__(self, portal: BlockingPortal) -> None:
         self.portal = portal
         self._lock = threading.Lock()
-        self._wrappers: dict[int, Any] = {}
+        self._wrappers: dict[int, tuple[object, object]] = {}
 
-    def _cached(self, obj: Any, make: Callable[[], Any]) -> Any:
+    def _cached(self, obj: object, make: Callable[[], _W]) -> _W:
         with self._lock:
             hit = self._wrappers.get(id(obj))
             if hit is None or hit[0] is not obj:
                 hit = self._wrappers[id(obj)] = (obj, make())
-            return hit[1]
+            return cast(_W, hit[1])  # the wrapper that make() built for obj
 
     def mapping(self, am: aiopmem.Mapping) -> PortalMapping:
-        return self._cached(am, lambda: PortalMapping(self, am))  # type: ignore[no-any-return]
+        return self._cached(am, lambda: PortalMapping(self, am))
 
     def reservation(self, ar: aiopmem.Reservation) -> PortalReservation:
-        return self._cached(ar, lambda: PortalReservation(self, ar))  # type: ignore[no-any-return]
+        return self._cached(ar, lambda: PortalReservation(self, ar))
 
     def reserve(self, *args: Any, **kwargs: Any) -> PortalReservation:
         call = functools.partial(aiopmem.reserve, *args, **kwargs)

@@ -56,7 +56,8 @@ def fd_guard() -> Iterator[None]:
     ]
 )
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
-    return request.param  # type: ignore[no-any-return]
+    backend: tuple[str, dict[str, object]] = request.param
+    return backend
 
 
 @pytest.fixture(params=list(apis.BACKENDS))

@@ -4,9 +4,43 @@ tests check the library's state against. Independent of aiopmem's own parser on 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aiopmem.sync import Protection, Sharing
 
 PAGE = os.sysconf("SC_PAGESIZE")
+
+
+class MappingState(Protocol):
+    """What the checks read of a mapping: a blocking or async one, or a portal to one."""
+
+    @property
+    def address(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def file(self) -> str | None: ...
+    @property
+    def file_offset(self) -> int: ...
+    @property
+    def protection(self) -> Protection: ...
+    @property
+    def sharing(self) -> Sharing: ...
+
+
+class ReservationState(Protocol):
+    """What the checks read of a reservation: a blocking or async one, or a portal to one."""
+
+    @property
+    def address(self) -> int: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def mappings(self) -> Sequence[MappingState]: ...
 
 
 @dataclass(frozen=True)
@@ -58,35 +92,35 @@ def coverage(start: int, end: int) -> list[tuple[int, int, Vma]]:
     return pieces
 
 
-def expected_perms(m: object) -> str:
+def expected_perms(m: MappingState) -> str:
     from aiopmem.sync import Protection, Sharing
 
-    prot = m.protection  # type: ignore[attr-defined]
+    prot = m.protection
     return (
         ("r" if Protection.READ in prot else "-")
         + ("w" if Protection.WRITE in prot else "-")
         + ("x" if Protection.EXEC in prot else "-")
-        + ("s" if m.sharing is Sharing.SHARED else "p")  # type: ignore[attr-defined]
+        + ("s" if m.sharing is Sharing.SHARED else "p")
     )
 
 
-def assert_matches_kernel(rsv: object) -> None:
+def assert_matches_kernel(rsv: ReservationState) -> None:
     """Every byte the reservation holds is, in the kernel's view, either a placeholder or the
     mapping the library says is there (permissions, file and file offset); a closed reservation
     holds nothing: its last range is free or belongs to something else."""
-    held_start = rsv.address  # type: ignore[attr-defined]
-    held_end = held_start + rsv.max_size  # type: ignore[attr-defined]
-    if rsv.closed:  # type: ignore[attr-defined]
+    held_start = rsv.address
+    held_end = held_start + rsv.max_size
+    if rsv.closed:
         return
-    mappings = rsv.mappings()  # type: ignore[attr-defined]
-    segments: list[tuple[int, int, object | None]] = []
+    mappings = rsv.mappings()
+    segments: list[tuple[int, int, MappingState | None]] = []
     pos = held_start
-    for m in mappings:
-        span = -(-m.size // PAGE) * PAGE
-        if m.address > pos:
-            segments.append((pos, m.address, None))
-        segments.append((m.address, m.address + span, m))
-        pos = m.address + span
+    for mapping in mappings:
+        span = -(-mapping.size // PAGE) * PAGE
+        if mapping.address > pos:
+            segments.append((pos, mapping.address, None))
+        segments.append((mapping.address, mapping.address + span, mapping))
+        pos = mapping.address + span
     if pos < held_end:
         segments.append((pos, held_end, None))
     holes = getattr(rsv, "holes", [])
@@ -98,13 +132,13 @@ def assert_matches_kernel(rsv: object) -> None:
                 assert is_placeholder(v), f"[{a:#x}, {b:#x}) should be a placeholder, is {v}"
             else:
                 assert v.perms == expected_perms(m), (m, v)
-                if m.file is None:  # type: ignore[attr-defined]
+                if m.file is None:
                     assert v.inode == 0 or v.path.startswith("/dev/zero"), (m, v)
                 else:
-                    st = os.stat(m.file) if os.path.exists(m.file) else None  # type: ignore[attr-defined]
+                    st = os.stat(m.file) if os.path.exists(m.file) else None
                     if st is not None:
                         assert v.inode == st.st_ino, (m, v)
-                    assert v.offset + (a - v.start) == m.file_offset + (a - m.address), (m, v)  # type: ignore[attr-defined]
+                    assert v.offset + (a - v.start) == m.file_offset + (a - m.address), (m, v)
 
 
 def open_fds() -> set[int]:

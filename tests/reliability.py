@@ -123,11 +123,11 @@ def kernel_snapshot(start: int, end: int) -> Iterator[None]:
     of /proc/self/maps once per piece otherwise). Not for use while other threads read it."""
     snap = vmas_between(start, end)
     saved = kernel.vmas
-    kernel.vmas = lambda: snap  # type: ignore[assignment]
+    kernel.vmas = lambda: snap
     try:
         yield
     finally:
-        kernel.vmas = saved  # type: ignore[assignment]
+        kernel.vmas = saved
 
 
 def assert_matches_kernel(rsv: Any) -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import aiopmem
 import aiopmem.sync
 import kernel
+from aiopmem._async import _dispatch
 from aiopmem._async import _reservation as async_reservation_module
 from aiopmem.testing import inject
 
@@ -138,7 +140,7 @@ async def test_extend_shrink_persist(holey_file: Path) -> None:
         await m.persist()
         await m.persist(0, 3)
         kernel.assert_matches_kernel(rsv)
-    assert holey_file.read_bytes()[:3] == b"abc"
+    assert (await anyio.Path(holey_file).read_bytes())[:3] == b"abc"
 
 
 # -- no stall, concurrency -----------------------------------------------------------------------
@@ -242,7 +244,7 @@ async def test_extend_and_shrink_racing_with_maps_keep_every_mapping_in_place() 
             for _ in range(16):
                 await rsv.extend(slot)
                 await rsv.shrink(0, slot)
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(resizer)
@@ -364,7 +366,7 @@ async def _run_cancelled(
     else:  # "after": the cancellation lands right after the syscall, before the result is back
         scope = anyio.CancelScope()
         schedule = _loop_scheduler()
-        real = async_reservation_module.run_blocking
+        real = _dispatch.run_blocking
         from aiopmem._async import _mapping as async_mapping_module
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -429,7 +431,7 @@ async def test_cancelled_reserve_leaks_nothing(when: str, monkeypatch: pytest.Mo
                 await anyio.sleep(0.1)
                 scope.cancel()
     else:
-        real = async_reservation_module.run_blocking
+        real = _dispatch.run_blocking
         schedule = _loop_scheduler()
 
         async def then_cancel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

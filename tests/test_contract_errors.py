@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import io
 import mmap
 import os
 import random
@@ -19,8 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypedDict, TypeVar
 
 import pytest
 
@@ -66,11 +68,11 @@ def check_kernel(rsv: Reservation) -> None:
     reads it once per segment, which is slow with hundreds of VMAs)."""
     vmas = kernel.vmas()
     real = kernel.vmas
-    kernel.vmas = lambda: vmas  # type: ignore[assignment]
+    kernel.vmas = lambda: vmas
     try:
         kernel.assert_matches_kernel(rsv)
     finally:
-        kernel.vmas = real  # type: ignore[assignment]
+        kernel.vmas = real
 
 
 def snapshot(rsv: Reservation) -> tuple[object, ...]:
@@ -88,7 +90,10 @@ def snapshot(rsv: Reservation) -> tuple[object, ...]:
     return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas
 
 
-def raises_exactly(exc_type: type[BaseException], fn: Callable[[], object]) -> BaseException:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def raises_exactly(exc_type: type[_E], fn: Callable[[], object]) -> _E:
     """``fn()`` raises ``exc_type`` (exactly that class for aiopmem's own, which are final)."""
     with pytest.raises(exc_type) as info:
         fn()
@@ -160,13 +165,13 @@ def test_exception_table(
 def test_raised_exceptions_carry_code_and_value() -> None:
     with reserve(P, max_size=P) as rsv:
         exc = raises_exactly(LengthUnalignedError, lambda: rsv.extend(1))
-        assert exc.code == "PMEM2_E_LENGTH_UNALIGNED"  # type: ignore[attr-defined]
-        assert exc.value == -100015  # type: ignore[attr-defined]
+        assert exc.code == "PMEM2_E_LENGTH_UNALIGNED"
+        assert exc.value == -100015
         m = rsv.map_anonymous(0, P, protection=Protection.NONE)
-        exc = raises_exactly(NoAccessError, m.view)
-        assert isinstance(exc, PermissionError)
-        assert exc.code == "PMEM2_E_NO_ACCESS"  # type: ignore[attr-defined]
-        assert exc.value == -100032  # type: ignore[attr-defined]
+        exc2 = raises_exactly(NoAccessError, m.view)
+        assert isinstance(exc2, PermissionError)
+        assert exc2.code == "PMEM2_E_NO_ACCESS"
+        assert exc2.value == -100032
 
 
 def test_pmem_error_is_the_common_base() -> None:
@@ -214,11 +219,11 @@ def test_enums() -> None:
 
 def test_no_public_constructors() -> None:
     with pytest.raises(TypeError):
-        Mapping()  # type: ignore[call-arg]
+        Mapping()
     with pytest.raises(TypeError):
         Reservation()  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        Reservation(0x10000000, P, P)  # type: ignore[call-arg]
+        Reservation(0x10000000, P, P)
 
 
 # -- the fixture for the validation-order tables ------------------------------------------------
@@ -245,7 +250,7 @@ class Env:
         os.close(fd)
         return fd
 
-    def closed_file(self) -> object:
+    def closed_file(self) -> io.BufferedReader:
         f = open(self.full, "rb")  # noqa: SIM115
         f.close()
         return f
@@ -351,13 +356,19 @@ def test_reserve_over_an_occupied_range(env: Env) -> None:
         {"address": rsv.address + 300 * P},  # in the headroom
         {"address": rsv.address - P, "max_size": 2 * P},  # only max_size reaches it
     ):
-        fails(rsv, MappingExistsError, lambda kw=kwargs: reserve(P, **kw))
-    assert env.rw.view(0, 4) == b"keep"
+        fails(rsv, MappingExistsError, partial(reserve, P, **kwargs))
+    assert bytes(env.rw.view(0, 4)) == b"keep"
 
 
 # -- map_file ----------------------------------------------------------------------------------
 
-BAD = {"file_offset": 1, "length": -1}  # steps 2 and 4 violated; offset=1 violates step 6
+
+class _Bad(TypedDict):
+    file_offset: int
+    length: int
+
+
+BAD: _Bad = {"file_offset": 1, "length": -1}  # steps 2 and 4 violated; offset=1 violates step 6
 
 MAP_FILE_ORDER = [
     # 1. file handle / path (all of 2, 4, 6 violated too)
@@ -599,7 +610,7 @@ def test_extend_validation_order(env: Env, exc: type[BaseException], call: Case)
 def test_extend_zero_is_a_no_op(env: Env) -> None:
     before = snapshot(env.rsv)
     with inject("mmap", errno=errno.ENOMEM, times=10) as inj:
-        assert env.rsv.extend(0) is None
+        assert env.rsv.extend(0) is None  # type: ignore[func-returns-value]  # the contract
     assert inj.seen == 0
     assert snapshot(env.rsv) == before
 
@@ -892,7 +903,7 @@ def rsv() -> Iterator[Reservation]:
 def _assert_still_usable(rsv: Reservation) -> None:
     m = rsv.find(4 * P)
     assert m is not None
-    assert m.view(0, 5) == b"hello"
+    assert bytes(m.view(0, 5)) == b"hello"
     check_kernel(rsv)
 
 
@@ -967,7 +978,7 @@ def test_injected_munmap_failure_on_close(rsv: Reservation, err: int) -> None:
     assert not m.closed
     m.view()[5:6] = b"!"
     _assert_still_usable(rsv)
-    assert m.view(0, 6) == b"hello!"
+    assert bytes(m.view(0, 6)) == b"hello!"
     rsv.close()
     assert kernel.is_free(lo, hi)
 
@@ -980,7 +991,7 @@ def test_injected_msync_failure_on_persist(rsv: Reservation, holey_file: Path, e
         fails(rsv, OSError, m.persist, err)
     assert inj.fired == 1
     assert not m.closed
-    assert m.view(0, 3) == b"abc"
+    assert bytes(m.view(0, 3)) == b"abc"
     m.persist()
     with open(holey_file, "rb") as f:
         assert f.read(3) == b"abc"
@@ -1010,7 +1021,12 @@ def test_injected_fstat_failure_on_map_file(
     rsv: Reservation, holey_file: Path, how: str, err: int
 ) -> None:
     with open(holey_file, "r+b") as f:
-        src: object = {"path": holey_file, "fd": f.fileno(), "fileobj": f}[how]
+        sources: dict[str, Path | int | BinaryIO] = {
+            "path": holey_file,
+            "fd": f.fileno(),
+            "fileobj": f,
+        }
+        src = sources[how]
         fds = kernel.open_fds()
         with inject("fstat", errno=err) as inj:
             fails(rsv, OSError, lambda: rsv.map_file(src, 0, length=P), err)
@@ -1068,7 +1084,7 @@ def test_injected_eintr_is_retried(
     elif action == "shrink":
         assert rsv.address == lo + P
         assert m.offset == 3 * P
-    assert m.view(0, 5) == b"hello"
+    assert bytes(m.view(0, 5)) == b"hello"
 
 
 def test_inject_after_and_times(rsv: Reservation) -> None:

@@ -47,11 +47,11 @@ def check_kernel(rsv: Reservation) -> None:
     """``kernel.assert_matches_kernel(rsv)`` on one reading of /proc/self/maps."""
     vmas = kernel.vmas()
     real = kernel.vmas
-    kernel.vmas = lambda: vmas  # type: ignore[assignment]
+    kernel.vmas = lambda: vmas
     try:
         kernel.assert_matches_kernel(rsv)
     finally:
-        kernel.vmas = real  # type: ignore[assignment]
+        kernel.vmas = real
 
 
 def snapshot(rsv: Reservation) -> tuple[object, ...]:
@@ -239,7 +239,7 @@ def test_reserve_at_an_occupied_address_clobbers_nothing() -> None:
             with pytest.raises(MappingExistsError):
                 reserve(size, address=address, max_size=max_size)
             assert snapshot(rsv) == before
-        assert m.view(0, 4) == b"mine"
+        assert bytes(m.view(0, 4)) == b"mine"
         assert kernel.is_free(q - GiB, q)
         check_kernel(rsv)
 
@@ -266,7 +266,7 @@ def test_extend_up_to_max_size_makes_no_syscall() -> None:
         assert rsv.address == address
         assert rsv.max_size == 4 * MiB
         assert rsv.mappings() == [m]
-        assert m.view(0, 2) == b"ok"
+        assert bytes(m.view(0, 2)) == b"ok"
         last = rsv.map_anonymous(4 * MiB - P, P)  # the extended part is usable
         assert rsv.find(4 * MiB - 1) is last
         check_kernel(rsv)
@@ -281,7 +281,7 @@ def test_extend_past_max_size_grows_in_place() -> None:
         assert rsv.address == q
         assert rsv.size == rsv.max_size == 3 * MiB
         assert m.address == q + MiB - P
-        assert m.view(0, 4) == b"stay"
+        assert bytes(m.view(0, 4)) == b"stay"
         check_kernel(rsv)
         rsv.map_anonymous(3 * MiB - P, P)
         rsv.extend(P)
@@ -333,7 +333,7 @@ def test_shrink_front() -> None:
         assert rsv.find(5 * P) is m
         assert rsv.find(8 * P) is None
         assert rsv.find(17 * P) is n
-        assert m.view(0, 4) == b"keep"
+        assert bytes(m.view(0, 4)) == b"keep"
         assert kernel.is_free(a0, a0 + 3 * P)  # returned to the system
         check_kernel(rsv)
         # mapping uses the new offsets
@@ -443,7 +443,7 @@ def test_unclosed_reservation_is_released_when_warnings_are_errors(
     # As for an unclosed file: with ResourceWarning turned into an error (python -W error,
     # pytest's filterwarnings = error), the warning is reported as unraisable and the
     # reservation is released all the same.
-    reported: list[object] = []
+    reported: list[sys.UnraisableHookArgs] = []
     monkeypatch.setattr(sys, "unraisablehook", reported.append)
     rsv = reserve(MiB)
     lo, hi = rsv.address, rsv.address + rsv.max_size
@@ -453,4 +453,4 @@ def test_unclosed_reservation_is_released_when_warnings_are_errors(
         warnings.simplefilter("error", ResourceWarning)
         drop(held)
     assert kernel.is_free(lo, hi)
-    assert [u.exc_type for u in reported] == [ResourceWarning]  # type: ignore[attr-defined]
+    assert [u.exc_type for u in reported] == [ResourceWarning]

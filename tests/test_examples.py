@@ -57,7 +57,8 @@ README = EXAMPLES.parent / "README.md"
 
 def _readme_blocks() -> list[str]:
     """The ```python blocks of the README, in order."""
-    blocks, current = [], None
+    blocks: list[str] = []
+    current: list[str] | None = None
     for line in README.read_text().splitlines():
         if current is None:
             if line.strip() == "```python":

@@ -54,7 +54,7 @@ def test_persisted_bytes_survive_sigkill(profile: Profile, tmp_path: Path) -> No
             stderr=subprocess.PIPE,
             env=env,
         )
-        reports = []
+        reports: list[tuple[int, ...]] = []
         try:
             assert child.stdout is not None
             while len(reports) < wanted:

@@ -107,9 +107,9 @@ def allowed(kind: str, value: Any) -> set[Outcome]:
     raise AssertionError(kind)
 
 
-def outcome_of(call: Callable[[], Any]) -> tuple[Outcome, Any]:
+def outcome_of(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Outcome, Any]:
     try:
-        return "ok", call()
+        return "ok", call(*args, **kwargs)
     except Exception as exc:
         return exc, None
 
@@ -204,7 +204,7 @@ def test_junk_arguments(junk_setup: Any) -> None:
         for value, vid in zip(JUNK, JUNK_IDS, strict=True):
             where = f"{name} <- {vid}"
             expected = OVERRIDES.get((name, value), allowed(kind, value))
-            got, result = outcome_of(lambda call=call, value=value: call(value))
+            got, result = outcome_of(call, value)
             TALLY["junk inputs tried"] += 1
             check_outcome(got, expected, where)
             if name == "find(offset)" and got == "ok":
@@ -239,7 +239,7 @@ def test_junk_fileno(junk_setup: Any) -> None:
             expected = {InvalidFileHandleError}
         else:
             expected = {TypeError}
-        got, _ = outcome_of(lambda value=value: rsv.map_file(FileLike(value), 8 * P))
+        got, _ = outcome_of(rsv.map_file, FileLike(value), 8 * P)
         TALLY["junk inputs tried"] += 1
         check_outcome(got, expected, f"fileno() -> {value!r}")
         assert state(rsv) == before
@@ -283,7 +283,7 @@ def test_junk_inject(junk_setup: Any) -> None:
     for name, make in INJECT_ARGS:
         for value, vid in zip(JUNK, JUNK_IDS, strict=True):
             where = f"inject({name}) <- {vid}"
-            got, injection = outcome_of(lambda make=make, value=value: make(value))
+            got, injection = outcome_of(make, value)
             TALLY["junk inputs tried"] += 1
             expected = _inject_allowed(name, value)
             if got != "ok":
@@ -312,11 +312,12 @@ def test_junk_protection_values(junk_setup: Any) -> None:
     refused with TypeError, as are the flags of the other parameter."""
     rsv, _, _, path = junk_setup
     before = state(rsv)
+    value: object
     for value in (3, 1, Sharing.SHARED, "READ", [Protection.READ]):
-        got, _ = outcome_of(lambda value=value: rsv.map_anonymous(8 * P, P, protection=value))
+        got, _ = outcome_of(rsv.map_anonymous, 8 * P, P, protection=value)
         check_outcome(got, {TypeError}, f"protection={value!r}")
     for value in (0, 1, Protection.READ, "SHARED"):
-        got, _ = outcome_of(lambda value=value: rsv.map_file(path, 8 * P, sharing=value))
+        got, _ = outcome_of(rsv.map_file, path, 8 * P, sharing=value)
         check_outcome(got, {TypeError}, f"sharing={value!r}")
     assert state(rsv) == before
     assert_matches_kernel(rsv)

@@ -59,7 +59,7 @@ def child(parity: int, past: int, rounds: int) -> None:
     import mmap
 
     from aiopmem.sync import ALIGNMENT as P
-    from aiopmem.sync import PmemError, reserve
+    from aiopmem.sync import Mapping, PmemError, reserve
     from aiopmem.testing import inject
     from reliability import fast_matches_kernel
 
@@ -72,10 +72,10 @@ def child(parity: int, past: int, rounds: int) -> None:
     # walk at the limit needs is allocated before it gets there.
     rng = random.Random(parity)
     candidates = list(range(1, pages, 2))
-    maps: list[object] = [None] * len(candidates)
+    maps: list[Mapping | None] = [None] * len(candidates)
     at_limit = [rng.randrange(0, 30_000) for _ in range(rounds)]
     give_back = rng.sample(range(30_000), 200)
-    report = {"mapped": 0, "unmaps at the limit": 0, "refusals": 0}
+    report: dict[str, float] = {"mapped": 0, "unmaps at the limit": 0, "refusals": 0}
     # (held in a list allocated now: growing one at the limit could need new memory)
     extra: list[mmap.mmap | None] = [None] * (2 * rounds + 8)
     made = [0]
@@ -125,8 +125,9 @@ def child(parity: int, past: int, rounds: int) -> None:
             if past:
                 one_past()
             m = maps[i]
-            m.unmap()  # type: ignore[attr-defined]
-            assert m.closed and rsv.find(candidates[i] * P) is None  # type: ignore[attr-defined]
+            assert m is not None
+            m.unmap()
+            assert m.closed and rsv.find(candidates[i] * P) is None
             assert rsv.holes == []
             report["unmaps at the limit"] += 1
             maps[i] = rsv.map_anonymous(candidates[i] * P, P)
@@ -142,7 +143,9 @@ def child(parity: int, past: int, rounds: int) -> None:
             region.close()
     # Give back 200 pairs of VMAs, unmapping at the limit, then check everything.
     for i in give_back:
-        maps[i].unmap()  # type: ignore[attr-defined]
+        m = maps[i]
+        assert m is not None
+        m.unmap()
         maps[i] = None
         assert rsv.holes == []
     alive = [(candidates[i], m) for i, m in enumerate(maps) if m is not None]
@@ -154,7 +157,7 @@ def child(parity: int, past: int, rounds: int) -> None:
 
     # Unmap everything: no hole, ever; the VMAs merge back into one placeholder.
     for _, m in alive:
-        m.unmap()  # type: ignore[attr-defined]
+        m.unmap()
     assert rsv.holes == [] and rsv.mappings() == []
     fast_matches_kernel(rsv)
     start, end = rsv.address, rsv.address + rsv.max_size

@@ -90,5 +90,5 @@ def test_released_views_do_not_accumulate() -> None:
         m = rsv.map_anonymous(0, ALIGNMENT)
         for _ in range(1000):
             rsv.view()[0] = 1
-        assert len(m._views) <= 16  # type: ignore[attr-defined]  # dead ones are pruned
+        assert len(m._views) <= 16  # dead ones are pruned
         m.unmap()

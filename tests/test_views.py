@@ -32,7 +32,7 @@ def _np_ndarray_buffer(v: memoryview) -> object:
 
 
 def _np_ndarray_buffer_obj(v: memoryview) -> object:
-    return np.ndarray((N,), np.uint8, buffer=v.obj)  # type: ignore[call-overload]
+    return np.ndarray((N,), np.uint8, buffer=v.obj)  # type: ignore[arg-type]  # numpy: no Buffer
 
 
 def _np_frombuffer(v: memoryview) -> object:
@@ -60,7 +60,7 @@ def _ctypes_from_buffer(v: memoryview) -> object:
 
 
 def _ctypes_from_obj(v: memoryview) -> object:
-    return (ctypes.c_uint8 * N).from_buffer(v.obj)  # type: ignore[arg-type]
+    return (ctypes.c_uint8 * N).from_buffer(v.obj)
 
 
 def _slice(v: memoryview) -> object:
@@ -72,7 +72,7 @@ def _cast(v: memoryview) -> object:
 
 
 def _memoryview_of_obj(v: memoryview) -> object:
-    return memoryview(v.obj)  # type: ignore[arg-type]
+    return memoryview(v.obj)
 
 
 def _obj(v: memoryview) -> object:
@@ -210,7 +210,7 @@ def test_view_obj_kept_after_a_failed_unmap_cannot_reach_unmapped_memory() -> No
                 m.unmap()
         with pytest.raises(BufferError):
             rsv.close()
-        assert bytes(memoryview(obj)[: 2 * P : P]) == b"\0\0"  # type: ignore[arg-type]
+        assert bytes(memoryview(obj)[: 2 * P : P]) == b"\0\0"
         del obj
         m1.unmap()
         m2.unmap()
@@ -260,6 +260,6 @@ def test_view_registrations_do_not_grow_with_views_taken() -> None:
         for _ in range(10_000):
             m.view().release()
             rsv.view(0, P).release()
-        assert len(m._views) <= 2 * 16  # type: ignore[attr-defined]
+        assert len(m._views) <= 2 * 16
         del keep
         m.unmap()
