@@ -11,8 +11,8 @@ import pytest
 import apis
 import reliability
 from kernel import open_fds
+from sizes import MiB
 
-MiB = 1 << 20
 S = 16 * MiB  # the file size of libpmem2's reservation test catalogue
 
 

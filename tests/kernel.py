@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from aiopmem.sync import Protection, Sharing
@@ -65,9 +65,9 @@ def vmas() -> list[Vma]:
     return out
 
 
-def vmas_in(start: int, end: int) -> list[Vma]:
-    """VMAs intersecting [start, end)."""
-    return [v for v in vmas() if v.end > start and v.start < end]
+def vmas_in(start: int, end: int, among: Sequence[Vma] | None = None) -> list[Vma]:
+    """VMAs intersecting [start, end) (of ``among``, one reading of the maps, or a new one)."""
+    return [v for v in (vmas() if among is None else among) if v.end > start and v.start < end]
 
 
 def is_free(start: int, end: int) -> bool:
@@ -79,11 +79,13 @@ def is_placeholder(v: Vma) -> bool:
     return v.perms == "---p" and v.inode == 0 and v.path == ""
 
 
-def coverage(start: int, end: int) -> list[tuple[int, int, Vma]]:
+def coverage(
+    start: int, end: int, among: Sequence[Vma] | None = None
+) -> list[tuple[int, int, Vma]]:
     """[start, end) cut into pieces by VMA; asserts there is no hole."""
     pieces = []
     pos = start
-    for v in sorted(vmas_in(start, end), key=lambda v: v.start):
+    for v in sorted(vmas_in(start, end, among), key=lambda v: v.start):
         assert v.start <= pos, f"hole in [{pos:#x}, {v.start:#x})"
         hi = min(v.end, end)
         pieces.append((pos, hi, v))
@@ -107,7 +109,8 @@ def expected_perms(m: MappingState) -> str:
 def assert_matches_kernel(rsv: ReservationState) -> None:
     """Every byte the reservation holds is, in the kernel's view, either a placeholder or the
     mapping the library says is there (permissions, file and file offset); a closed reservation
-    holds nothing: its last range is free or belongs to something else."""
+    holds nothing: its last range is free or belongs to something else. Reads /proc/self/maps
+    once (hundreds of VMAs make each reading slow)."""
     held_start = rsv.address
     held_end = held_start + rsv.max_size
     if rsv.closed:
@@ -124,8 +127,9 @@ def assert_matches_kernel(rsv: ReservationState) -> None:
     if pos < held_end:
         segments.append((pos, held_end, None))
     holes = getattr(rsv, "holes", [])
+    among = vmas()
     for lo, hi, m in segments:
-        for a, b, v in coverage(lo, hi):
+        for a, b, v in coverage(lo, hi, among):
             if m is None:
                 if any(h0 <= a - held_start < h1 for h0, h1 in holes):
                     continue
@@ -139,6 +143,21 @@ def assert_matches_kernel(rsv: ReservationState) -> None:
                     if st is not None:
                         assert v.inode == st.st_ino, (m, v)
                     assert v.offset + (a - v.start) == m.file_offset + (a - m.address), (m, v)
+
+
+def snapshot(rsv: Any) -> tuple[object, ...]:
+    """Everything observable about a reservation: attributes, mappings and the kernel's view of
+    the held range (VMAs clipped to it, so that unrelated neighbours do not matter). Two
+    snapshots are equal when a call changed nothing."""
+    lo, hi = rsv.address, rsv.address + rsv.max_size
+    maps = tuple(
+        (m, m.address, m.offset, m.size, m.file_offset, m.protection, m.sharing, m.closed)
+        for m in rsv.mappings()
+    )
+    vmas_ = tuple(
+        (max(v.start, lo), min(v.end, hi), v.perms, v.inode, v.offset) for v in vmas_in(lo, hi)
+    )
+    return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas_
 
 
 def open_fds() -> set[int]:

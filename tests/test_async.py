@@ -25,11 +25,11 @@ import kernel
 from aiopmem._async import _dispatch
 from aiopmem._async import _reservation as async_reservation_module
 from aiopmem.testing import inject
+from sizes import MiB
 
 pytestmark = pytest.mark.anyio
 
 A = aiopmem.ALIGNMENT
-MiB = 1 << 20
 
 
 def held_range(rsv: aiopmem.Reservation) -> tuple[int, int]:

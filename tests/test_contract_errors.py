@@ -15,7 +15,6 @@ import errno
 import io
 import mmap
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,39 +54,13 @@ from aiopmem.sync import (
 )
 from aiopmem.testing import inject
 from conftest import make_file
+from kernel import assert_matches_kernel as check_kernel
+from kernel import quiet_address, snapshot
+from sizes import MiB, P
 
-P = ALIGNMENT
-MiB = 1 << 20
 HUGE = 2**70
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def check_kernel(rsv: Reservation) -> None:
-    """``kernel.assert_matches_kernel(rsv)`` on one reading of /proc/self/maps (it otherwise
-    reads it once per segment, which is slow with hundreds of VMAs)."""
-    vmas = kernel.vmas()
-    real = kernel.vmas
-    kernel.vmas = lambda: vmas
-    try:
-        kernel.assert_matches_kernel(rsv)
-    finally:
-        kernel.vmas = real
-
-
-def snapshot(rsv: Reservation) -> tuple[object, ...]:
-    """Everything observable about a reservation: attributes, mappings and the kernel's view of
-    the held range (VMAs clipped to it, so that unrelated neighbours do not matter)."""
-    lo, hi = rsv.address, rsv.address + rsv.max_size
-    maps = tuple(
-        (m, m.address, m.offset, m.size, m.file_offset, m.protection, m.sharing, m.closed)
-        for m in rsv.mappings()
-    )
-    vmas = tuple(
-        (max(v.start, lo), min(v.end, hi), v.perms, v.inode, v.offset)
-        for v in kernel.vmas_in(lo, hi)
-    )
-    return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas
 
 
 _E = TypeVar("_E", bound=BaseException)
@@ -879,16 +852,6 @@ def test_lookups_never_raise_for_integers(env: Env) -> None:
 
 
 # -- injected syscall failures ------------------------------------------------------------------
-
-
-def quiet_address(length: int) -> int:
-    """A free address far below where the kernel places new mappings (top-down from the top of
-    the user address space), with free space around it: extending there past max_size works."""
-    for _ in range(100):
-        addr = random.randrange(0x100000000000, 0x300000000000, 1 << 30)
-        if kernel.is_free(addr - (1 << 30), addr + length + (1 << 30)):
-            return addr
-    raise AssertionError("no quiet address found")
 
 
 @pytest.fixture

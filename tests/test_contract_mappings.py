@@ -25,7 +25,6 @@ import pytest
 
 import kernel
 from aiopmem.sync import (
-    ALIGNMENT,
     ClosedError,
     Granularity,
     InvalidFileHandleError,
@@ -47,9 +46,10 @@ from aiopmem.sync import (
 )
 from aiopmem.testing import inject
 from conftest import make_file
+from kernel import assert_matches_kernel as check_kernel
+from kernel import snapshot
+from sizes import MiB, P
 
-P = ALIGNMENT
-MiB = 1 << 20
 RW = Protection.READ | Protection.WRITE
 O_CLOEXEC = 0o2000000
 
@@ -59,17 +59,6 @@ O_CLOEXEC = 0o2000000
 
 def span(m: Mapping) -> int:
     return -(-m.size // P) * P
-
-
-def check_kernel(rsv: Reservation) -> None:
-    """``kernel.assert_matches_kernel(rsv)`` on one reading of /proc/self/maps."""
-    vmas = kernel.vmas()
-    real = kernel.vmas
-    kernel.vmas = lambda: vmas
-    try:
-        kernel.assert_matches_kernel(rsv)
-    finally:
-        kernel.vmas = real
 
 
 def assert_layout(rsv: Reservation) -> None:
@@ -92,16 +81,6 @@ def assert_layout(rsv: Reservation) -> None:
             assert kernel.is_placeholder(v), v
             assert i + 1 == len(maps) or b <= starts[i + 1], v
     assert pos == hi
-
-
-def snapshot(rsv: Reservation) -> tuple[object, ...]:
-    lo, hi = rsv.address, rsv.address + rsv.max_size
-    maps = tuple((m, m.address, m.offset, m.size, m.closed) for m in rsv.mappings())
-    vmas = tuple(
-        (max(v.start, lo), min(v.end, hi), v.perms, v.inode, v.offset)
-        for v in kernel.vmas_in(lo, hi)
-    )
-    return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas
 
 
 def fd_flags(fd: int) -> int:

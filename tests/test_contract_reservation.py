@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import random
 import sys
 import warnings
 from collections.abc import Iterator
@@ -30,49 +29,16 @@ from aiopmem.sync import (
 )
 from aiopmem.testing import inject
 from conftest import make_file
+from kernel import assert_matches_kernel as check_kernel
+from kernel import quiet_address, snapshot
+from sizes import GiB, MiB, P
 
-P = ALIGNMENT
-MiB = 1 << 20
-GiB = 1 << 30
 TiB = 1 << 40
 _FOREIGN_FLAGS = (
     _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_NORESERVE | _ffi.MAP_FIXED_NOREPLACE
 )
 
-
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def check_kernel(rsv: Reservation) -> None:
-    """``kernel.assert_matches_kernel(rsv)`` on one reading of /proc/self/maps."""
-    vmas = kernel.vmas()
-    real = kernel.vmas
-    kernel.vmas = lambda: vmas
-    try:
-        kernel.assert_matches_kernel(rsv)
-    finally:
-        kernel.vmas = real
-
-
-def snapshot(rsv: Reservation) -> tuple[object, ...]:
-    lo, hi = rsv.address, rsv.address + rsv.max_size
-    maps = tuple((m, m.address, m.offset, m.size, m.closed) for m in rsv.mappings())
-    vmas = tuple(
-        (max(v.start, lo), min(v.end, hi), v.perms, v.inode, v.offset)
-        for v in kernel.vmas_in(lo, hi)
-    )
-    return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas
-
-
-def quiet_address(length: int) -> int:
-    """A free address far below where the kernel places new mappings (top-down from the top of
-    the user address space), with at least 1 GiB free on both sides: what is placed there has
-    free space behind it for the whole test."""
-    for _ in range(100):
-        addr = random.randrange(0x100000000000, 0x300000000000, GiB)
-        if kernel.is_free(addr - GiB, addr + length + GiB):
-            return addr
-    raise AssertionError("no quiet address found")
 
 
 @contextmanager

@@ -15,8 +15,7 @@ import aiopmem
 import aiopmem.sync
 import kernel
 from aiopmem.testing import inject
-
-P = aiopmem.ALIGNMENT
+from sizes import P
 
 
 class Boom(Exception):

@@ -19,8 +19,8 @@ import kernel
 from aiopmem.sync import ALIGNMENT, Protection, Reservation, Sharing, reserve
 from aiopmem.testing import inject
 from conftest import make_file
+from sizes import MiB
 
-MiB = 1 << 20
 A = ALIGNMENT
 
 HEADER = re.compile(

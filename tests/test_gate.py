@@ -22,8 +22,7 @@ import aiopmem.sync
 import kernel
 from aiopmem._core._gate import Gate
 from aiopmem.testing import inject
-
-P = aiopmem.ALIGNMENT
+from sizes import P
 
 
 class CountingGate(Gate):  # type: ignore[misc]  # Gate is final: only this test subclasses it

@@ -13,10 +13,10 @@ import pytest
 
 import kernel
 from aiopmem import _ffi
-from aiopmem.sync import ALIGNMENT, ClosedError, Mapping, Reservation, reserve
+from aiopmem.sync import ClosedError, Mapping, Reservation, reserve
 from aiopmem.testing import inject
+from sizes import P
 
-P = ALIGNMENT
 SIZE = 16 * P
 
 

@@ -14,7 +14,6 @@ import pytest
 import aiopmem
 import aiopmem.sync
 from aiopmem.sync import (
-    ALIGNMENT,
     LengthOutOfRangeError,
     NoAccessError,
     Protection,
@@ -22,8 +21,7 @@ from aiopmem.sync import (
     reserve,
 )
 from aiopmem.testing import inject
-
-P = ALIGNMENT
+from sizes import P
 
 
 @pytest.fixture

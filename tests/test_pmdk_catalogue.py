@@ -46,8 +46,8 @@ from aiopmem.sync import (
 from aiopmem.testing import inject
 from apis import is_mapping, reserve
 from conftest import S, make_file
+from sizes import MiB
 
-MiB = 1 << 20
 HALF = S // 2  # ALIGN_UP(S/2, align) == ALIGN_DOWN(S/2, align) == 8 MiB
 
 pytestmark = pytest.mark.usefixtures("api", "fd_guard")

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from reliability import TALLY, Profile, profiles
+from sizes import P
 
-P = 4096
 REGION = 2 * P  # one report per region: no later write touches a reported range
 FILE = 64 * P
 SPLIT = FILE // 2  # mapping A shows [0, SPLIT) of the file, mapping B [SPLIT, FILE)

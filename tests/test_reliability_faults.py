@@ -35,7 +35,6 @@ import pytest
 import apis
 import kernel
 from aiopmem.sync import (
-    ALIGNMENT,
     MappingExistsError,
     PmemError,
     Protection,
@@ -50,8 +49,8 @@ from reliability import (
     state,
     vmas_between,
 )
+from sizes import P
 
-P = ALIGNMENT
 SIZE = 32 * P
 MAX = 48 * P
 SYSCALLS = ("mmap", "munmap", "msync", "open", "fstat")

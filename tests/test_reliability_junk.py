@@ -23,7 +23,6 @@ import pytest
 
 import apis
 from aiopmem.sync import (
-    ALIGNMENT,
     AddressUnalignedError,
     InvalidFileHandleError,
     NoAccessError,
@@ -33,8 +32,8 @@ from aiopmem.sync import (
 )
 from aiopmem.testing import inject
 from reliability import TALLY, assert_matches_kernel, kernel_view, state
+from sizes import P
 
-P = ALIGNMENT
 SENTINEL = object()
 JUNK: list[Any] = [
     None,

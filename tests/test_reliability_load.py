@@ -25,8 +25,8 @@ import pytest
 import aiopmem
 import kernel
 from reliability import TALLY, Profile, assert_matches_kernel, profiles
+from sizes import P
 
-P = aiopmem.ALIGNMENT
 TASKS = 64
 THREADS = 8
 SLOT = 8 * P

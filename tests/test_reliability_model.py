@@ -36,7 +36,6 @@ from hypothesis.stateful import (
 import apis
 import kernel
 from aiopmem.sync import (
-    ALIGNMENT,
     ClosedError,
     Granularity,
     LengthOutOfRangeError,
@@ -52,8 +51,8 @@ from aiopmem.sync import (
     Sharing,
 )
 from reliability import TALLY, Profile, assert_matches_kernel, profiles
+from sizes import P
 
-P = ALIGNMENT
 R, W = Protection.READ, Protection.WRITE
 RW = R | W
 SIZE0 = 24 * P

@@ -18,11 +18,11 @@ import pytest
 
 import apis
 import kernel
-from aiopmem.sync import ALIGNMENT, Protection, Sharing
+from aiopmem.sync import Protection, Sharing
 from aiopmem.testing import inject
 from reliability import TALLY, assert_matches_kernel
+from sizes import P
 
-P = ALIGNMENT
 R, W, X = Protection.READ, Protection.WRITE, Protection.EXEC
 O_CLOEXEC = 0o2000000  # the flags field of /proc/self/fdinfo is octal
 O_ACCMODE = 0o3

@@ -17,8 +17,7 @@ from aiopmem.sync import (
     reserve,
 )
 from conftest import make_file
-
-MiB = 1 << 20
+from sizes import MiB
 
 
 def test_view_spans_files_mapped_back_to_back(tmp_path: Path) -> None:

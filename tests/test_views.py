@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 import kernel
-from aiopmem.sync import ALIGNMENT, ClosedError, Reservation, reserve
+from aiopmem.sync import ClosedError, Reservation, reserve
+from sizes import P
 
-P = ALIGNMENT
 N = 4 * P
 
 

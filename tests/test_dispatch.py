@@ -1,6 +1,7 @@
-"""Regressions found reviewing the worker pool, the dispatch to event loops, the cancellation
-paths and the windows of views: each test but the two stress tests at the end failed before
-its fix (see the docstrings); the stress tests guard the pool's guarantees as a whole."""
+"""Running core calls for the async API (``_async/_dispatch.py`` and ``_async/_workers.py``):
+the worker pool, the delivery of outcomes to event loops (asyncio, trio, trio as an asyncio
+guest), cancellation while a job runs and the undo of its result; stress tests with several
+event loops, threads, slow jobs and errors guard the pool's guarantees as a whole."""
 
 from __future__ import annotations
 
