@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
-from .._core._gate import Abandoned, Ticket, run_for
+from .._core._gate import Abandoned, Ticket
 from ._workers import Job, Port, submit
 
 __all__ = ["run_blocking"]
@@ -112,10 +112,7 @@ async def _run_asyncio(
     always: bool,
 ) -> Any:
     ticket = None if always else Ticket()
-    if ticket is None:
-        job = Job(fn, args, _asyncio_port(loop))
-    else:
-        job = Job(run_for, (ticket, fn, *args), _asyncio_port(loop))
+    job = Job(fn, args, _asyncio_port(loop), ticket)
     job.waiter = loop.create_future()
     submit(job)
     try:
@@ -183,13 +180,11 @@ async def _run_trio(
 ) -> Any:
     import trio
 
-    if always:
-        ticket = None
-        job = Job(fn, args, _trio_port())
-    else:
+    ticket = None
+    if not always:
         await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller starts nothing
         ticket = Ticket()
-        job = Job(run_for, (ticket, fn, *args), _trio_port())
+    job = Job(fn, args, _trio_port(), ticket)
     job.waiter = trio.lowlevel.current_task()
     submit(job)
 

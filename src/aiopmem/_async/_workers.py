@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, final
 
+from .._core._gate import Ticket, tickets
+
 __all__ = ["Job", "Port", "submit"]
 
 #: How long a queued job may wait for the busy worker before a spare takes it (seconds).
@@ -92,12 +94,30 @@ class Port:
 class Job:
     """One blocking call: ``fn(*args)``, run once by a worker, its outcome kept here."""
 
-    __slots__ = ("args", "delivered", "error", "fn", "port", "result", "submitted", "waiter")
+    __slots__ = (
+        "args",
+        "delivered",
+        "error",
+        "fn",
+        "port",
+        "result",
+        "submitted",
+        "ticket",
+        "waiter",
+    )
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], port: Port) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        port: Port,
+        ticket: Ticket | None = None,
+    ) -> None:
         self.fn = fn
         self.args = args
         self.port = port
+        #: Abandoned when the caller is cancelled: the call's gate waits then give up.
+        self.ticket = ticket
         self.result: Any = None
         self.error: BaseException | None = None
         self.waiter: Any = None
@@ -106,10 +126,16 @@ class Job:
 
     def execute(self) -> None:
         """Run the call, keeping its outcome (the worker then hands it to the port)."""
+        ticket = self.ticket
+        if ticket is not None:
+            tickets.ticket = ticket
         try:
             self.result = self.fn(*self.args)
         except BaseException as exc:
             self.error = exc
+        finally:
+            if ticket is not None:
+                tickets.ticket = None
         self.fn = self.args = None  # type: ignore[assignment]  # drop references early
 
     def outcome(self) -> Any:

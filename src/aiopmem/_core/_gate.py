@@ -13,7 +13,7 @@ exclusive operation, and a stream of shared operations cannot starve an exclusiv
 many threads (or the worker threads of several event loops) loop on either kind.
 
 Abandoning a wait. A thread that waits here on behalf of an async caller carries a ``Ticket``
-(``run_for``); when that caller is cancelled, ``Ticket.abandon()`` wakes the thread, which
+(``tickets``); when that caller is cancelled, ``Ticket.abandon()`` wakes the thread, which
 raises ``Abandoned`` with the counters as they were: the operation did not start.
 
 Guarantees: every method is called with the reservation's state lock held (the lock the
@@ -24,12 +24,9 @@ Waking is skipped when nobody sleeps, which keeps the uncontended path to a few 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any, Final, TypeVar, final
+from typing import Final, final
 
-__all__ = ["Abandoned", "Gate", "Ticket", "run_for"]
-
-T = TypeVar("T")
+__all__ = ["Abandoned", "Gate", "Ticket", "tickets"]
 
 
 class Abandoned(Exception):
@@ -38,7 +35,7 @@ class Abandoned(Exception):
 
 @final
 class Ticket:
-    """What a thread waiting on behalf of an async caller carries (see ``run_for``)."""
+    """What a thread waiting on behalf of an async caller carries (see ``tickets``)."""
 
     __slots__ = ("_cond", "abandoned")
 
@@ -56,16 +53,10 @@ class Ticket:
                 cond.notify_all()
 
 
-_local: Final = threading.local()
-
-
-def run_for(ticket: Ticket, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``, whose gate waits give up once ``ticket`` is abandoned."""
-    _local.ticket = ticket
-    try:
-        return fn(*args)
-    finally:
-        _local.ticket = None
+#: ``tickets.ticket``: the Ticket of the call this thread runs now, or None. Set by whoever
+#: runs a call on behalf of an async caller (the worker pool) around the call.
+tickets: Final = threading.local()
+tickets.ticket = None
 
 
 @final
@@ -90,7 +81,7 @@ class Gate:
         """Sleep until some state changes (lock held; released while asleep).
 
         Raises ``Abandoned`` if this thread waits for a caller that is gone."""
-        ticket: Ticket | None = getattr(_local, "ticket", None)
+        ticket: Ticket | None = getattr(tickets, "ticket", None)
         self._sleepers += 1
         try:
             if ticket is None:
