@@ -1,10 +1,11 @@
 """The real libpmem2, side by side: map+delete of the same 64 KiB file region into a
 reservation, and an extend+shrink pair, timed by a C program compiled at run time against the
-system's libpmem2 (Debian: libpmem2-dev). Without it the figure is skipped with a one-line
-reason."""
+system's libpmem2 (Debian: libpmem2; the program declares the few prototypes it uses). Without
+it the figure is skipped with a one-line reason."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import subprocess
 from typing import Final
@@ -19,7 +20,7 @@ from .c_floor import find_compiler
 #: a reservation whose tail was released just before (so that the range behind it is free).
 C_SOURCE: Final = r"""
 #include <fcntl.h>
-#include <libpmem2.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,28 @@ C_SOURCE: Final = r"""
 #include <unistd.h>
 
 #define LEN ((size_t)SLOT_BYTES)
+
+/* libpmem2's prototypes (libpmem2.h, 1.12), declared here so that the runtime library alone
+   (Debian: libpmem2) is enough to build this; the structures are opaque. */
+struct pmem2_vm_reservation;
+struct pmem2_source;
+struct pmem2_config;
+struct pmem2_map;
+#define PMEM2_GRANULARITY_PAGE 2
+int pmem2_vm_reservation_new(struct pmem2_vm_reservation **, void *, size_t);
+int pmem2_vm_reservation_delete(struct pmem2_vm_reservation **);
+int pmem2_vm_reservation_extend(struct pmem2_vm_reservation *, size_t);
+int pmem2_vm_reservation_shrink(struct pmem2_vm_reservation *, size_t, size_t);
+int pmem2_source_from_fd(struct pmem2_source **, int);
+int pmem2_source_delete(struct pmem2_source **);
+int pmem2_config_new(struct pmem2_config **);
+int pmem2_config_delete(struct pmem2_config **);
+int pmem2_config_set_required_store_granularity(struct pmem2_config *, int);
+int pmem2_config_set_length(struct pmem2_config *, size_t);
+int pmem2_config_set_vm_reservation(struct pmem2_config *, struct pmem2_vm_reservation *, size_t);
+int pmem2_map_new(struct pmem2_map **, const struct pmem2_config *, const struct pmem2_source *);
+int pmem2_map_delete(struct pmem2_map **);
+const char *pmem2_errormsg(void);
 
 static double now(void) {
     struct timespec t;
@@ -104,8 +127,8 @@ class Libpmem2(Figure):
         ]
 
     def prepare(self) -> None:
-        if not os.path.exists("/usr/include/libpmem2.h"):
-            raise Unavailable("libpmem2 is not installed (Debian: apt-get install libpmem2-dev)")
+        if ctypes.util.find_library("pmem2") is None:
+            raise Unavailable("libpmem2 is not installed (Debian: apt-get install libpmem2)")
         cc = find_compiler()
         directory = self.ctx.scratch.directory
         src = os.path.join(directory, "libpmem2_bench.c")
@@ -113,7 +136,8 @@ class Libpmem2(Figure):
         with open(src, "w") as f:
             f.write(C_SOURCE)
         built = subprocess.run(
-            [cc, "-O2", f"-DSLOT_BYTES={SLOT}", "-o", self.exe, src, "-lpmem2"],
+            # -l:libpmem2.so.1: the runtime package has no libpmem2.so development link.
+            [cc, "-O2", f"-DSLOT_BYTES={SLOT}", "-o", self.exe, src, "-l:libpmem2.so.1"],
             capture_output=True,
             text=True,
             check=False,

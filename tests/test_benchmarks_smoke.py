@@ -51,6 +51,8 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
         skipped = name == "libpmem2" and str(fig["error"]).startswith("skipped: ")
         assert fig["error"] is None or skipped, f"{name}: {fig['error']}"
         assert fig["source"], f"{name}: no description of where its numbers come from"
+        if skipped:
+            continue
         assert fig["metrics"], f"{name}: no metric"
         for key, m in fig["metrics"].items():
             where = f"{name}.{key}"
@@ -67,6 +69,8 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
     # Every target was evaluated on this run's numbers (met or not: no threshold is asserted).
     assert doc["targets"]
     for t in doc["targets"]:
+        if t["median"] is None and "libpmem2" in t["name"] and doc["figures"]["libpmem2"]["error"]:
+            continue  # the libpmem2 figure was skipped
         assert t["median"] is not None, t["name"]
         assert t["min"] <= t["median"] <= t["max"], t["name"]
         assert t["verdict"] in {"met", "NOT MET", "info"}, t["name"]
