@@ -116,8 +116,12 @@ def parser() -> argparse.ArgumentParser:
 
 def _interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` is a KeyboardInterrupt, or an exception group of nothing else (trio and
-    anyio task groups wrap what their tasks raise)."""
-    if isinstance(exc, KeyboardInterrupt):
+    anyio task groups wrap what their tasks raise). On Python 3.10 asyncio's runner reports
+    Ctrl-C as the CancelledError of the main task (it cannot uncancel it, 3.11+ does): one
+    escaping the whole run is that."""
+    import asyncio
+
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
         return True
     inner: tuple[BaseException, ...] = getattr(exc, "exceptions", ())
     return bool(inner) and all(map(_interrupted, inner))
