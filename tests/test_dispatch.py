@@ -39,7 +39,21 @@ def _direct_port(done: threading.Event) -> _workers.Port:
 
 
 def _check_pool_counters(pool: _workers._Pool) -> None:
-    """No job running or queued, and no counted worker that does not exist."""
+    """No job running or queued, and no counted worker that does not exist, once the workers
+    have come back from their last jobs (a worker uncounts itself a moment after its job's
+    outcome is delivered: on a loaded machine that moment can be long)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _pool_at_rest(pool)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _pool_at_rest(pool: _workers._Pool) -> None:
     with pool._lock:
         assert pool._running == 0 and not pool._busy and not pool._queue
         alive = sum(t.name.startswith("aiopmem-worker-") for t in threading.enumerate())
