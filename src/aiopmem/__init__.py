@@ -33,7 +33,7 @@ from ._core import (
 )
 
 if TYPE_CHECKING:
-    from ._async import Mapping, Reservation, reserve
+    from ._async import Mapping, Opening, Reservation, reserve
 
 __version__ = "0.1.0.dev0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "NotSupportedError",
     "OffsetOutOfRangeError",
     "OffsetUnalignedError",
+    "Opening",
     "PmemError",
     "Protection",
     "Reservation",
@@ -62,7 +63,7 @@ __all__ = [
     "reserve",
 ]
 
-_ASYNC_NAMES = frozenset({"Mapping", "Reservation", "reserve"})
+_ASYNC_NAMES = frozenset({"Mapping", "Opening", "Reservation", "reserve"})
 #: Submodules reachable as attributes after a bare ``import aiopmem``.
 _SUBMODULES = frozenset({"sync", "testing"})
 

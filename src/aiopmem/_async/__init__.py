@@ -3,6 +3,7 @@ and parameters; it owns the ordering of tasks, the worker-thread offload and the
 policy, and makes no syscall itself."""
 
 from ._mapping import Mapping
+from ._opening import Opening
 from ._reservation import Reservation, reserve
 
-__all__ = ["Mapping", "Reservation", "reserve"]
+__all__ = ["Mapping", "Opening", "Reservation", "reserve"]
