@@ -65,6 +65,25 @@ def find_compiler() -> str:
     raise RuntimeError("no C compiler found ($CC, cc or gcc): the C floor cannot be measured")
 
 
+def build(directory: str, name: str, source: str, *args: str) -> tuple[str, str]:
+    """Write ``source`` to ``directory/name.c`` and compile it at -O2 with the system compiler
+    (``args``: more compiler arguments, libraries last); returns the executable's path and the
+    compiler's version line. ``subprocess.CalledProcessError`` (with its stderr) if it fails."""
+    cc = find_compiler()
+    src = os.path.join(directory, f"{name}.c")
+    exe = os.path.join(directory, name)
+    with open(src, "w") as f:
+        f.write(source)
+    subprocess.run(
+        [cc, "-O2", f"-DSLOT_BYTES={SLOT}", "-o", exe, src, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    return exe, (version.stdout.splitlines() or [cc])[0]
+
+
 class CFloor(Figure):
     """A C program, written to the scratch directory and compiled with the system compiler at
     -O2, times N ops of mmap(addr, 64 KiB, PROT_READ|PROT_WRITE, MAP_FIXED|MAP_SHARED, fd, 0)
@@ -83,19 +102,7 @@ class CFloor(Figure):
         ]
 
     def prepare(self) -> None:
-        cc = find_compiler()
-        directory = self.ctx.scratch.directory
-        src = os.path.join(directory, "c_floor.c")
-        self.exe = os.path.join(directory, "c_floor")
-        with open(src, "w") as f:
-            f.write(C_SOURCE)
-        subprocess.run(
-            [cc, "-O2", f"-DSLOT_BYTES={SLOT}", "-o", self.exe, src],
-            check=True,
-            capture_output=True,
-        )
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
-        self.params["compiler"] = (version.stdout.splitlines() or [cc])[0]
+        self.exe, self.params["compiler"] = build(self.ctx.scratch.directory, "c_floor", C_SOURCE)
         self.n = calibrate(lambda n: self._run(n)[1], self.profile.rep_seconds)
         self.params["ops_per_rep"] = self.n
 

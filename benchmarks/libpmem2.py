@@ -6,12 +6,11 @@ it the figure is skipped with a one-line reason."""
 from __future__ import annotations
 
 import ctypes.util
-import os
 import subprocess
 from typing import Final
 
-from ._measure import SLOT, Figure, Metric, Unavailable, calibrate
-from .c_floor import find_compiler
+from ._measure import Figure, Metric, Unavailable, calibrate
+from .c_floor import build
 
 #: The program: ``libpmem2_bench FILE N map|extent`` prints ops/s, N, seconds.
 #: map: pmem2_map_new + pmem2_map_delete of the 64 KiB file region at offset 0 of a 1 GiB
@@ -110,7 +109,7 @@ int main(int argc, char **argv) {
 
 
 class Libpmem2(Figure):
-    """A C program compiled at run time against the system's libpmem2 (-lpmem2) times N ops of
+    """A C program compiled at run time against the system's libpmem2 times N ops of
     pmem2_map_new + pmem2_map_delete of the 64 KiB file region at offset 0 of a 1 GiB
     reservation (page granularity, the same file as every map/unmap figure), and N pairs of
     pmem2_vm_reservation_extend + pmem2_vm_reservation_shrink of 64 KiB at the end of a
@@ -129,21 +128,15 @@ class Libpmem2(Figure):
     def prepare(self) -> None:
         if ctypes.util.find_library("pmem2") is None:
             raise Unavailable("libpmem2 is not installed (Debian: apt-get install libpmem2)")
-        cc = find_compiler()
-        directory = self.ctx.scratch.directory
-        src = os.path.join(directory, "libpmem2_bench.c")
-        self.exe = os.path.join(directory, "libpmem2_bench")
-        with open(src, "w") as f:
-            f.write(C_SOURCE)
-        built = subprocess.run(
+        try:
             # -l:libpmem2.so.1: the runtime package has no libpmem2.so development link.
-            [cc, "-O2", f"-DSLOT_BYTES={SLOT}", "-o", self.exe, src, "-l:libpmem2.so.1"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if built.returncode:
-            raise Unavailable(f"cannot build against libpmem2: {built.stderr.strip()[:200]}")
+            self.exe, _ = build(
+                self.ctx.scratch.directory, "libpmem2_bench", C_SOURCE, "-l:libpmem2.so.1"
+            )
+        except subprocess.CalledProcessError as exc:
+            raise Unavailable(
+                f"cannot build against libpmem2: {exc.stderr.strip()[:200]}"
+            ) from None
         version = subprocess.run(
             ["dpkg-query", "-W", "-f=${Version}", "libpmem2"],
             capture_output=True,

@@ -10,7 +10,7 @@ import anyio
 
 from .._core import Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
-from .._core._construct import NoPublicConstructor, note_left_open
+from .._core._construct import NoPublicConstructor, aclose_on_exit
 from ._dispatch import run_blocking
 
 if TYPE_CHECKING:
@@ -148,10 +148,4 @@ class Mapping(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            await self.unmap()
-            return
-        try:
-            await self.unmap()
-        except Exception as err:  # the block's exception propagates, with a note
-            note_left_open(exc, self, err)
+        await aclose_on_exit(self, self.unmap, exc)

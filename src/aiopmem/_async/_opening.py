@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, final
 
-from .._core._construct import note_left_open
+from .._core._construct import aclose_on_exit
 
 
 class _Closeable(Protocol):
@@ -84,10 +84,4 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
         value, self._value = self._value, None
         if value is None:
             return
-        if exc is None:
-            await value.aclose()
-            return
-        try:
-            await value.aclose()
-        except Exception as err:  # the block's exception propagates, with a note
-            note_left_open(exc, value, err)
+        await aclose_on_exit(value, value.aclose, exc)

@@ -27,7 +27,7 @@ import anyio
 
 from .. import _core
 from .._core import Protection, Sharing
-from .._core._construct import NoPublicConstructor, note_left_open, public_name
+from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._source import FileSource
 from ._dispatch import run_blocking
 from ._mapping import Mapping
@@ -261,13 +261,7 @@ class Reservation(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            await self.aclose()
-            return
-        try:
-            await self.aclose()
-        except Exception as err:  # the block's exception propagates, with a note
-            note_left_open(exc, self, err)
+        await aclose_on_exit(self, self.aclose, exc)
 
 
 def _core_of(mapping: object) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -33,6 +34,31 @@ def public_name(obj: object) -> str:
     cls = type(obj)
     name: str = getattr(cls, "_public_name", cls.__qualname__)
     return name
+
+
+def close_on_exit(obj: object, close: Callable[[], object], exc: BaseException | None) -> None:
+    """Leaving ``with`` over ``obj``: ``close()``; when the block raised ``exc``, a failure of
+    the close does not replace it but is noted on it (``note_left_open``)."""
+    if exc is None:
+        close()
+        return
+    try:
+        close()
+    except Exception as err:
+        note_left_open(exc, obj, err)
+
+
+async def aclose_on_exit(
+    obj: object, aclose: Callable[[], Awaitable[object]], exc: BaseException | None
+) -> None:
+    """``close_on_exit`` for ``async with``."""
+    if exc is None:
+        await aclose()
+        return
+    try:
+        await aclose()
+    except Exception as err:
+        note_left_open(exc, obj, err)
 
 
 def note_left_open(exc: BaseException, obj: object, err: BaseException) -> None:

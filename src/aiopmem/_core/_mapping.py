@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final, final
 
 from .. import _ffi
 from ._align import align_down, align_up, as_int, as_optional_int
-from ._construct import NoPublicConstructor, note_left_open
+from ._construct import NoPublicConstructor, close_on_exit
 from ._enums import Granularity, Protection, Sharing
 from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOutOfRangeError
 from ._placement import PLACEHOLDER_FIXED
@@ -345,10 +345,4 @@ class Mapping(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.unmap()
-            return
-        try:
-            self.unmap()
-        except Exception as err:  # the block's exception propagates, with a note
-            note_left_open(exc, self, err)
+        close_on_exit(self, self.unmap, exc)

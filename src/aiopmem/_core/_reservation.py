@@ -29,7 +29,7 @@ from typing import Final, final
 
 from .. import _ffi
 from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
-from ._construct import NoPublicConstructor, note_left_open, public_name
+from ._construct import NoPublicConstructor, close_on_exit, public_name
 from ._describe import Layout, Row, render
 from ._enums import Granularity, Protection, Sharing, prot_bits
 from ._errors import (
@@ -725,13 +725,7 @@ class Reservation(metaclass=NoPublicConstructor):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except Exception as err:  # the block's exception propagates, with a note
-            note_left_open(exc, self, err)
+        close_on_exit(self, self.close, exc)
 
     def __del__(self) -> None:
         # A reservation dropped without close(): release it (as an mmap object does) unless a
