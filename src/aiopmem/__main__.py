@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if not _interrupted(exc):
             raise
+    # A Ctrl-C right when tasks or calls were starting leaves coroutines (and Openings) that
+    # never ran; the interpreter would warn about each at exit. The line below says it all.
+    warnings.filterwarnings("ignore", ".* was never awaited", RuntimeWarning)
     where = getattr(args, "dir", None)
     kept = f": the log in {where} keeps every committed record" if where else ""
     print(f"python -m aiopmem {args.command}: interrupted{kept}", file=sys.stderr)
