@@ -84,6 +84,12 @@ def build(directory: str, name: str, source: str, *args: str) -> tuple[str, str]
     return exe, (version.stdout.splitlines() or [cc])[0]
 
 
+def run_program(exe: str, *args: str) -> tuple[float, float]:
+    """(ops/s, seconds) as printed ("OPS N SECONDS") by one run of a program from ``build``."""
+    out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[2])
+
+
 class CFloor(Figure):
     """A C program, written to the scratch directory and compiled with the system compiler at
     -O2, times N ops of mmap(addr, 64 KiB, PROT_READ|PROT_WRITE, MAP_FIXED|MAP_SHARED, fd, 0)
@@ -107,14 +113,7 @@ class CFloor(Figure):
         self.params["ops_per_rep"] = self.n
 
     def _run(self, n: int) -> tuple[float, float]:
-        """(ops/s, seconds) as printed by one run of the program for ``n`` ops."""
-        out = subprocess.run(
-            [self.exe, self.ctx.scratch.slot_path, str(n)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        return float(out[0]), float(out[2])
+        return run_program(self.exe, self.ctx.scratch.slot_path, str(n))
 
     def run_rep(self, rep: int) -> dict[str, float]:
         ops, _ = self._run(self.n)

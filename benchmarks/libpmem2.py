@@ -10,7 +10,7 @@ import subprocess
 from typing import Final
 
 from ._measure import Figure, Metric, Unavailable, calibrate
-from .c_floor import build
+from .c_floor import build, run_program
 
 #: The program: ``libpmem2_bench FILE N map|extent`` prints ops/s, N, seconds.
 #: map: pmem2_map_new + pmem2_map_delete of the 64 KiB file region at offset 0 of a 1 GiB
@@ -149,13 +149,7 @@ class Libpmem2(Figure):
         self.params["ops_per_rep"] = {"map": self.n_map, "extent": self.n_extent}
 
     def _run(self, n: int, what: str) -> tuple[float, float]:
-        out = subprocess.run(
-            [self.exe, self.ctx.scratch.slot_path, str(n), what],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        return float(out[0]), float(out[2])
+        return run_program(self.exe, self.ctx.scratch.slot_path, str(n), what)
 
     def run_rep(self, rep: int) -> dict[str, float]:
         return {

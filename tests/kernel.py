@@ -160,6 +160,12 @@ def snapshot(rsv: Any) -> tuple[object, ...]:
     return rsv.closed, rsv.address, rsv.size, rsv.max_size, maps, vmas_
 
 
+def assert_gate_at_rest(rsv: Any) -> None:
+    """No operation of the (sync) reservation admitted, running, waiting or queued."""
+    gate = rsv._gate
+    assert (gate._shared, gate._exclusive, gate._waiting, gate._queued) == (0, False, 0, 0)
+
+
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 

@@ -395,8 +395,7 @@ def test_one_reservation_from_several_loops_and_threads() -> None:
             assert rsv.mappings() == []
             core = rsv.sync
             assert len(core._index) == 0  # no claim left behind either
-            gate = core._gate
-            assert (gate._shared, gate._exclusive, gate._waiting, gate._queued) == (0, False, 0, 0)
+            kernel.assert_gate_at_rest(core)
             kernel.assert_matches_kernel(rsv)
 
     threads = [

@@ -241,8 +241,7 @@ def test_one_async_reservation_used_from_two_event_loops_with_extend() -> None:
             await tasks(rsv, 0)
             await anyio.to_thread.run_sync(thread.join, 60)
             assert rsv.mappings() == [] and rsv.size == (64 + 2 * 3 * 40) * P
-            gate = rsv.sync._gate
-            assert (gate._shared, gate._exclusive, gate._waiting, gate._queued) == (0, False, 0, 0)
+            kernel.assert_gate_at_rest(rsv.sync)
             kernel.assert_matches_kernel(rsv)
 
     thread = threading.Thread(target=other_loop)
@@ -270,8 +269,7 @@ async def test_cancelled_while_waiting_for_its_turn_starts_nothing() -> None:
                         await rsv.map_anonymous(0, P)
                 assert scope.cancelled_caught and mm.seen == 0
         assert rsv.mappings() == [] and rsv.size == 15 * P
-        gate = rsv.sync._gate
-        assert (gate._shared, gate._exclusive, gate._waiting, gate._queued) == (0, False, 0, 0)
+        kernel.assert_gate_at_rest(rsv.sync)
         async with rsv.map_anonymous(0, P):
             pass
 

@@ -153,11 +153,13 @@ class Gate:
 
     def leave_exclusive(self) -> None:
         self._exclusive = False
-        self._admit_queued()
-        self.wake()
+        if self._queued:
+            self._admit_queued()
+        else:  # an exclusive operation may be waiting
+            self.wake()
 
     def _admit_queued(self) -> None:
-        """Start a shared phase: every queued shared operation is admitted now."""
+        """Start a shared phase: every queued shared operation is admitted now (and woken)."""
         if self._queued:
             self._shared += self._queued
             self._queued = 0

@@ -668,9 +668,11 @@ class Reservation(metaclass=NoPublicConstructor):
                 check_unpinned(tuple(m._views for m in mappings), "close the reservation")
                 for m in mappings:  # no new view while the memory goes away
                     m._state = CLOSED
-            released = self._release_all()
-            if released is not None:
-                self._keep_after_failed_close(mappings, *released)
+            failed = self._release_all()
+            if failed is not None:
+                released, exc = failed
+                self._keep_after_failed_close(mappings, released)
+                raise exc
             with self._lock:
                 self._index.clear()
                 self._holes.clear()
@@ -700,12 +702,12 @@ class Reservation(metaclass=NoPublicConstructor):
         return None
 
     def _keep_after_failed_close(
-        self, mappings: list[Mapping], released: list[tuple[int, int]], exc: OSError
+        self, mappings: list[Mapping], released: list[tuple[int, int]]
     ) -> None:
         """The partial outcome of a close whose munmap failed: the pieces already released
         become holes of the reservation (nothing is held there any more) and the mappings that
-        lay in them stay closed; every other mapping is open again. Then raises ``exc``: a
-        later close() releases the rest."""
+        lay in them stay closed; every other mapping is open again. A later close() releases
+        the rest."""
         with self._lock:
             for m in mappings:
                 if any(start <= m._addr < stop for start, stop in released):
@@ -714,7 +716,6 @@ class Reservation(metaclass=NoPublicConstructor):
                     m._state = OPEN
         for start, stop in released:
             self._note_hole(start, stop)
-        raise exc
 
     def __enter__(self) -> Reservation:
         return self
@@ -870,10 +871,9 @@ class Reservation(metaclass=NoPublicConstructor):
 
     def _located(self, mapping: object) -> int | None:
         if not isinstance(mapping, Mapping):
-            raise TypeError(
-                f"expected an aiopmem.sync.Mapping, not {public_name(mapping)}"
-                + (" (use its .sync)" if public_name(mapping) == "aiopmem.Mapping" else "")
-            )
+            name = public_name(mapping)
+            hint = " (use its .sync)" if name == "aiopmem.Mapping" else ""
+            raise TypeError(f"expected an aiopmem.sync.Mapping, not {name}{hint}")
         if mapping._rsv is not self or mapping._state == CLOSED or self._closed:
             return None
         return mapping._addr
