@@ -6,8 +6,10 @@ setup(
     cffi_modules=["src/aiopmem/_ffi/_build.py:ffibuilder"],
     ext_modules=[
         Extension(
-            "aiopmem._ffi._window",
-            ["src/aiopmem/_ffi/_window.c"],
+            "aiopmem._ffi._core",
+            ["src/aiopmem/_ffi/_core.c"],
+            include_dirs=["src/aiopmem/_ffi"],
+            depends=["src/aiopmem/_ffi/_linux.h"],
             extra_compile_args=["-O2", "-Wall"],
         )
     ],

@@ -162,8 +162,8 @@ def snapshot(rsv: Any) -> tuple[object, ...]:
 
 def assert_gate_at_rest(rsv: Any) -> None:
     """No operation of the (sync) reservation admitted, running, waiting or queued."""
-    gate = rsv._gate
-    assert (gate._shared, gate._exclusive, gate._waiting, gate._queued) == (0, False, 0, 0)
+    shared, exclusive, waiting, queued, claims, _ = rsv._gate_state()
+    assert (shared, exclusive, waiting, queued, claims) == (0, False, 0, 0, 0)
 
 
 def open_fds() -> set[int]:

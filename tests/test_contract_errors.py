@@ -194,9 +194,9 @@ def test_no_public_constructors() -> None:
     with pytest.raises(TypeError):
         Mapping()
     with pytest.raises(TypeError):
-        Reservation()  # type: ignore[call-arg]
+        Reservation()
     with pytest.raises(TypeError):
-        Reservation(0x10000000, P, P)
+        Reservation(0x10000000, P, P)  # type: ignore[call-arg]
 
 
 # -- the fixture for the validation-order tables ------------------------------------------------

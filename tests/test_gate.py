@@ -1,7 +1,7 @@
 """Admission (API.md v1.1, "Liveness"): phase-fair on both APIs, and one gate shared by every
 caller, tasks of several event loops and plain threads alike (issue 9, items 3 and 8).
 
-The bounds are counted at the gate itself (an instrumented subclass), not timed: while one
+The bounds are counted at the gate itself (counts the C core keeps), not timed: while one
 side loops, how many of its operations overtake a waiting operation of the other side. Writer
 preference without phases let thousands of extends overtake one unmap.
 """
@@ -12,7 +12,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import anyio
 import pytest
@@ -20,67 +19,41 @@ import pytest
 import aiopmem
 import aiopmem.sync
 import kernel
-from aiopmem._core._gate import Gate
 from aiopmem.testing import inject
 from sizes import P
 
 
-class CountingGate(Gate):  # type: ignore[misc]  # Gate is final: only this test subclasses it
-    """The reservation's gate, counting what overtakes a waiting operation (under the state
-    lock, like every gate method): how many exclusive operations finish while a shared one
-    waits, and how many shared ones are admitted while an exclusive one waits."""
+class GateCounts:
+    """What the reservation's gate counts of overtakes (kept in the C core, where admission
+    happens): how many exclusive operations finish while a shared one waits, and how many
+    shared ones are admitted while an exclusive one waits."""
 
-    __slots__ = (
-        "exclusive_done",
-        "exclusive_waits",
-        "overtaken_exclusive",
-        "overtaken_shared",
-        "shared_admitted",
-        "shared_waits",
-    )
+    def __init__(self, rsv: aiopmem.sync.Reservation) -> None:
+        self._rsv = rsv
 
-    def __init__(self, lock: Any) -> None:
-        super().__init__(lock)
-        self.exclusive_done = self.shared_admitted = 0
-        self.shared_waits = self.exclusive_waits = 0
-        self.overtaken_shared = self.overtaken_exclusive = 0
+    def _stats(self) -> tuple[int, int, int, int]:
+        stats: tuple[int, int, int, int] = self._rsv._gate_stats()
+        return stats
 
-    def try_enter_shared(self) -> bool:
-        ok = super().try_enter_shared()
-        self.shared_admitted += ok
-        return ok
+    @property
+    def shared_waits(self) -> int:
+        return self._stats()[0]
 
-    def enter_shared(self) -> None:
-        start = self.exclusive_done
-        queued = self._exclusive or self._waiting
-        super().enter_shared()
-        if queued:  # admitted (and counted) by _admit_queued
-            self.shared_waits += 1
-            self.overtaken_shared = max(self.overtaken_shared, self.exclusive_done - start)
-        else:
-            self.shared_admitted += 1
+    @property
+    def overtaken_shared(self) -> int:
+        return self._stats()[1]
 
-    def _admit_queued(self) -> None:
-        self.shared_admitted += self._queued
-        super()._admit_queued()
+    @property
+    def exclusive_waits(self) -> int:
+        return self._stats()[2]
 
-    def enter_exclusive(self) -> None:
-        start = self.shared_admitted
-        waits = bool(self._exclusive or self._shared)
-        super().enter_exclusive()
-        if waits:
-            self.exclusive_waits += 1
-            self.overtaken_exclusive = max(self.overtaken_exclusive, self.shared_admitted - start)
-
-    def leave_exclusive(self) -> None:
-        self.exclusive_done += 1
-        super().leave_exclusive()
+    @property
+    def overtaken_exclusive(self) -> int:
+        return self._stats()[3]
 
 
-def counting(rsv: aiopmem.sync.Reservation) -> CountingGate:
-    gate = CountingGate(rsv._lock)
-    rsv._gate = gate  # a fresh reservation: nothing is admitted yet
-    return gate
+def counting(rsv: aiopmem.sync.Reservation) -> GateCounts:
+    return GateCounts(rsv)  # a fresh reservation: its counts start at 0
 
 
 def _looping(fn: Callable[[], None], stop: threading.Event) -> threading.Thread:

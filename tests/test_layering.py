@@ -23,7 +23,7 @@ from aiopmem import _ffi
 
 PACKAGE_DIR = Path(aiopmem.__file__).resolve().parent
 SRC_ROOT = PACKAGE_DIR.parent
-COMPILED = ("aiopmem._ffi._lib", "aiopmem._ffi._window")
+COMPILED = ("aiopmem._ffi._lib", "aiopmem._ffi._core")
 ASYNC_FRAMEWORKS = frozenset({"anyio", "trio", "sniffio"})
 
 
@@ -89,7 +89,7 @@ def names(found: set[str], forbidden: tuple[str, ...]) -> set[str]:
 def source_files() -> list[Path]:
     files = sorted(PACKAGE_DIR.rglob("*.py"))
     # The walk found the package, not an empty or foreign directory.
-    assert PACKAGE_DIR / "_core" / "_intervals.py" in files
+    assert PACKAGE_DIR / "_core" / "_placement.py" in files
     assert PACKAGE_DIR / "sync.py" in files
     return files
 
@@ -99,20 +99,20 @@ def test_import_reader_sees_every_form() -> None:
     module from inside the package is caught, and innocent imports are not."""
     src = """
 from .._ffi._lib import lib
-from .._ffi import _window, PAGE_SIZE
+from .._ffi import _core, PAGE_SIZE
 import aiopmem._ffi._lib as raw
 from . import _align
 
 def later():
     import importlib
-    importlib.import_module("aiopmem._ffi._window")
+    importlib.import_module("aiopmem._ffi._core")
     from anyio import to_thread
 """
     found = imported_modules(src, "aiopmem._core._x", is_package=False)
     assert names(found, COMPILED) == {
         "aiopmem._ffi._lib",
         "aiopmem._ffi._lib.lib",
-        "aiopmem._ffi._window",
+        "aiopmem._ffi._core",
     }
     assert "aiopmem._core._align" in found
     assert "aiopmem._ffi.PAGE_SIZE" in found

@@ -33,7 +33,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_examples(tmp_path: Path) 
     [sdist] = dist.glob("aiopmem-*.tar.gz")
     [wheel] = dist.glob("aiopmem-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("aiopmem/py.typed", "aiopmem/_ffi/_window.pyi", "aiopmem/sync.py"):
+    for needed in ("aiopmem/py.typed", "aiopmem/_ffi/_core.pyi", "aiopmem/sync.py"):
         assert needed in names, needed
     assert any(n.startswith("aiopmem/_ffi/_lib") and n.endswith(".so") for n in names)
     assert any(n.startswith("aiopmem/_ffi/_window") and n.endswith(".so") for n in names)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, final
 
-from .._core._gate import Ticket, tickets
+from .._core._gate import Ticket, set_ticket
 
 __all__ = ["Job", "Port", "submit"]
 
@@ -128,14 +128,14 @@ class Job:
         """Run the call, keeping its outcome (the worker then hands it to the port)."""
         ticket = self.ticket
         if ticket is not None:
-            tickets.ticket = ticket
+            set_ticket(ticket)
         try:
             self.result = self.fn(*self.args)
         except BaseException as exc:
             self.error = exc
         finally:
             if ticket is not None:
-                tickets.ticket = None
+                set_ticket(None)
         self.fn = self.args = None  # type: ignore[assignment]  # drop references early
 
     def outcome(self) -> Any:

@@ -1,12 +1,12 @@
 """A mapping: a file region or anonymous memory placed at a fixed offset of a reservation.
 
-Guarantees (thread-shared state): a mapping's state (``_state``, ``_pins``, ``_views``)
-changes only under its reservation's state lock. Memory is handed out only through views whose
-buffer exporters the mapping tracks weakly in ``_views`` (its own views and the reservation-wide
-views that cover it): an exporter is alive exactly while something outside the library can
-reach the memory through it (a memoryview, a slice, ``view.obj``, a numpy array...).
-``unmap()`` goes ahead only when none is alive, and sets the state that refuses new views in the
-same locked section, so no Python object can reach unmapped memory (see ``_ffi/_window.c``).
+Guarantees (thread-shared state): a mapping's state lives in its C base (``_ffi._core``,
+``MappingBase``): address, size, state (open, being unmapped, closed), the persists in flight
+and the weak references to every buffer exporter over its memory. It changes only inside the
+reservation's transitions, each one C call (see ``_ffi/_core.c``), so no interruption can tear
+it. Memory is handed out only through views whose exporters the mapping tracks: ``unmap()``
+goes ahead only when none is alive, and marks the mapping in the same call, so no Python
+object can reach unmapped memory.
 """
 
 from __future__ import annotations
@@ -19,64 +19,29 @@ from ._align import align_down, align_up, as_int, as_optional_int
 from ._construct import NoPublicConstructor, close_on_exit
 from ._enums import Granularity, Protection, Sharing
 from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOutOfRangeError
-from ._placement import PLACEHOLDER_FIXED
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
 
-__all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping"]
+__all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping", "busy_error"]
 
-OPEN: Final = 0
-UNMAPPING: Final = 1
-CLOSED: Final = 2
-
-
-def check_unpinned(lists: tuple[list[object], ...], what: str) -> None:
-    """``BufferError`` if a view over any of these mappings is alive (state lock held)."""
-    alive = _live_views(lists)
-    if alive:
-        raise BufferError(
-            f"cannot {what}: {alive} view(s) of its memory (memoryviews, slices of them, "
-            "view.obj, or objects built on them such as numpy arrays) are still alive"
-        )
+OPEN: Final = _ffi.ST_OPEN
+UNMAPPING: Final = _ffi.ST_UNMAPPING
+CLOSED: Final = _ffi.ST_CLOSED
+_BUSY_BASE: Final = _ffi.C_BUSY_BASE
+_C_CLOSED: Final = _ffi.C_CLOSED
+_C_HOLE_NOTED: Final = _ffi.C_HOLE_NOTED
+#: Granularity by the C code of the mapping (``_gran``).
+_GRANULARITY: Final = (Granularity.BYTE, Granularity.CACHE_LINE, Granularity.PAGE)
 
 
-def new_mapping(
-    rsv: Reservation,
-    addr: int,
-    size: int,
-    span: int,
-    file_offset: int,
-    protection: Protection,
-    sharing: Sharing,
-    granularity: Granularity,
-    file: str | int | None,
-) -> Mapping:
-    """A new open mapping (the library's constructor; ``Mapping()`` is refused to users)."""
-    m = _new(Mapping)
-    m._rsv = rsv
-    m._addr = addr
-    m._size = size
-    m._span = span
-    m._file_offset = file_offset
-    m._protection = protection
-    m._sharing = sharing
-    m._granularity = granularity
-    m._file = file
-    m._state = OPEN
-    m._pins = 0
-    m._views = []
-    m._facade = None
-    return m
-
-
-_new = object.__new__
-_new_view = _ffi.new_view
-_live_views = _ffi.live_views
-try_mmap = _ffi.try_mmap_fixed
-_raw_mmap = _ffi.raw_mmap_fixed
-_INJECTING: Final = _ffi.INJECTING
-_PROT_NONE: Final = _ffi.PROT_NONE
+def busy_error(code: int, what: str) -> BufferError:
+    """The BufferError for a transition refused because views are alive (code from C)."""
+    alive = _BUSY_BASE - code
+    return BufferError(
+        f"cannot {what}: {alive} view(s) of its memory (memoryviews, slices of them, "
+        "view.obj, or objects built on them such as numpy arrays) are still alive"
+    )
 
 
 def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
@@ -93,7 +58,7 @@ def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
 
 
 @final
-class Mapping(metaclass=NoPublicConstructor):
+class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
     """A file region or anonymous memory mapped into a reservation.
 
     Made by ``Reservation.map_file()`` or ``Reservation.map_anonymous()``; unmapped by
@@ -101,42 +66,24 @@ class Mapping(metaclass=NoPublicConstructor):
     placeholder in its place.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_addr",
-        "_facade",
-        "_file",
-        "_file_offset",
-        "_granularity",
-        "_pins",
-        "_protection",
-        "_rsv",
-        "_sharing",
-        "_size",
-        "_span",
-        "_state",
-        "_views",
-    )
+    __slots__ = ()
 
-    # Built by new_mapping(): no __init__, so that the metaclass refuses user construction.
-    _rsv: Reservation
-    _addr: int
-    _size: int
-    _span: int
-    _file_offset: int
-    _protection: Protection
-    _sharing: Sharing
-    _granularity: Granularity
-    #: A path, a descriptor number (formatted on demand), or None for anonymous memory.
-    _file: str | int | None
-    _state: int
-    #: persist() calls in flight; unmap() waits for them.
-    _pins: int
-    #: Weak references to the buffer exporters of every view over this mapping's memory (its
-    #: own and the reservation-wide ones that cover it); dead ones are pruned as it goes.
-    _views: list[object]
-    #: The async layer's object for this mapping (set by it, opaque here).
-    _facade: object | None
+    if TYPE_CHECKING:  # the fields of the C base (read-only from Python)
+        _rsv: Reservation
+        _addr: int
+        _size: int
+        _span: int
+        _file_offset: int
+        _protection: Protection
+        _sharing: Sharing
+        _gran: int
+        #: A path, a descriptor number (formatted on demand), or None for anonymous memory.
+        _file: str | int | None
+        _state: int
+        _pins: int
+        _views: list[object]
+        #: The async layer's object for this mapping (set by it, opaque here).
+        _facade: object | None
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 
@@ -153,7 +100,7 @@ class Mapping(metaclass=NoPublicConstructor):
     @property
     def offset(self) -> int:
         """Current offset inside the reservation (drops when the reservation's front is shrunk)."""
-        return self._addr - self._rsv._address
+        return self._addr - self._rsv.address
 
     @property
     def reservation(self) -> Reservation:
@@ -181,7 +128,7 @@ class Mapping(metaclass=NoPublicConstructor):
     @property
     def granularity(self) -> Granularity:
         """The coarsest store granularity ``persist()`` guarantees (see ``Granularity``)."""
-        return self._granularity
+        return _GRANULARITY[self._gran]
 
     @property
     def closed(self) -> bool:
@@ -223,17 +170,10 @@ class Mapping(metaclass=NoPublicConstructor):
         if Protection.READ not in self._protection:
             raise NoAccessError(f"the mapping's protection {self._protection} lacks READ")
         off, n = _range(off, n, self._size)
-        rsv = self._rsv
-        with rsv._lock:  # against an unmap checking for live views
-            if self._state != OPEN:
-                raise ClosedError("the mapping is unmapped")
-            return _new_view(
-                rsv,
-                (self._views,),
-                self._addr + off,
-                n,
-                Protection.WRITE not in self._protection,
-            )
+        view = self._rsv._mview(self, off, n, Protection.WRITE not in self._protection)
+        if type(view) is int:
+            raise ClosedError("the mapping is unmapped")
+        return view  # type: ignore[no-any-return]
 
     # -- persist ------------------------------------------------------------------------------
 
@@ -251,28 +191,11 @@ class Mapping(metaclass=NoPublicConstructor):
         if self._state != OPEN:
             raise ClosedError("the mapping is unmapped")
         off, n = _range(off, n, self._size)
-        rsv = self._rsv
-        gate = rsv._gate
-        with rsv._lock:
-            if self._state != OPEN:
+        err = self._rsv._persist(self, align_down(self._addr + off), align_up(self._addr + off + n))
+        if err:
+            if err == _C_CLOSED:
                 raise ClosedError("the mapping is unmapped")
-            gate.enter_shared()
-            if self._state != OPEN:
-                gate.leave_shared()
-                raise ClosedError("the mapping is unmapped")
-            self._pins += 1
-        try:
-            start = align_down(self._addr + off)
-            end = align_up(self._addr + off + n)
-            if end > start:
-                _ffi.msync(start, end - start, _ffi.MS_SYNC)
-        finally:
-            with rsv._lock:
-                self._pins -= 1
-                if self._pins:
-                    gate.leave_shared()
-                else:  # an unmap may wait for the last one
-                    gate.leave_shared_waking()
+            raise OSError(err, _ffi.strerror(err))
 
     # -- unmap ---------------------------------------------------------------------------------
 
@@ -286,53 +209,14 @@ class Mapping(metaclass=NoPublicConstructor):
             OSError: the kernel refused; nothing is changed.
         """
         rsv = self._rsv
-        gate = rsv._gate
-        with rsv._lock:
-            if self._state != OPEN or self._pins or not gate.try_enter_shared():
-                if self._state == CLOSED:
-                    return
-                gate.enter_shared()
-                try:
-                    while self._state == UNMAPPING or self._pins:
-                        gate.wait()
-                except BaseException:
-                    gate.leave_shared_waking()
-                    raise
-                if self._state == CLOSED:
-                    gate.leave_shared()
-                    return
-            if self._views:
-                try:
-                    check_unpinned((self._views,), "unmap the mapping")
-                except BaseException:
-                    gate.leave_shared()
-                    raise
-            self._state = UNMAPPING
-        addr = self._addr
-        # The common case in one call; failures (and the VMA-limit fallback) take the slow path.
-        hole = False
-        err = (
-            try_mmap(addr, self._span, _PROT_NONE, PLACEHOLDER_FIXED)
-            if _INJECTING
-            else _raw_mmap(addr, self._span, _PROT_NONE, PLACEHOLDER_FIXED, -1, 0)
-        )
-        if err:
-            try:
-                hole = rsv._replace_with_placeholder(addr, self._span, err)
-            except BaseException:
-                with rsv._lock:
-                    self._state = OPEN
-                    gate.leave_shared_waking()
-                raise
-        with rsv._lock:
-            if hole:  # stays claimed, invisible, until repaired
-                rsv._index.replace(addr, None)
+        code = rsv._unmap(self)
+        if code:
+            if code == _C_HOLE_NOTED:
+                rsv._warn_hole(self._addr, self._addr + self._span)
+            elif code <= _BUSY_BASE:
+                raise busy_error(code, "unmap the mapping")
             else:
-                rsv._index.remove(addr)
-            self._state = CLOSED
-            gate.leave_shared_waking()
-        if hole:
-            rsv._warn_hole(addr, addr + self._span)
+                raise OSError(code, _ffi.strerror(code))
 
     close = unmap
 

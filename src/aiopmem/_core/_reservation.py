@@ -6,32 +6,34 @@ is the usable part, the rest is headroom kept for ``extend()``. Every byte of th
 always either a placeholder or one of the reservation's mappings; unmapping lays a placeholder
 back (MAP_FIXED replaces atomically), so no other mapping of the process can slip in.
 
-Guarantees (thread-shared state):
-- ``_lock`` (a plain ``threading.Lock``) guards every field, the index of mappings and every
-  mapping's state. It is never held across a syscall, so lookups (``find*``, ``mappings``,
-  attributes) never wait for one.
-- Operations are admitted by ``_gate``: maps, unmaps and persists share it, extend, shrink and
-  close hold it exclusively; ``address``, ``size`` and ``max_size`` only change under the
-  exclusive gate, so a shared operation may use them without the lock once admitted.
-- Check-then-act is atomic: a map validates its range and claims it in the index in one locked
-  section, makes the syscall outside the lock, then commits (or drops) the claim. A claim
-  blocks overlapping maps but is invisible to lookups until the map completes.
+Guarantees (thread-shared state): the state (extent, the index of mappings and claims, the
+admission gate, the holes) lives in the C base ``ReservationBase`` (``_ffi/_core.c``), and each
+transition (admit + claim + mmap + commit, unmap, persist, extend, shrink, close, reserve) is
+one C call: the GIL makes it atomic, syscalls run with the GIL released only while a claim, an
+UNMAPPING mark or an exclusive admission stands for them, and a KeyboardInterrupt can arrive
+only before such a call (validation here, nothing changed) or after it (raising the error its
+code stands for; the mapping it committed is in ``mappings()`` already).
+- Operations are admitted by the gate: maps, unmaps and persists share it, extend, shrink and
+  close hold it exclusively (phase-fair, see ``_gate.py``).
+- Lookups (``find*``, ``mappings``, attributes) never wait for a syscall.
+- Check-then-act is atomic: a map validates its range and claims it in the index in one step,
+  makes the syscall with the claim held, then commits (or drops) the claim. A claim blocks
+  overlapping maps but is invisible to lookups until the map completes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import threading
 import warnings
 from types import TracebackType
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from .. import _ffi
 from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
 from ._construct import NoPublicConstructor, close_on_exit, public_name
 from ._describe import Layout, Row, render
-from ._enums import Granularity, Protection, Sharing, prot_bits
+from ._enums import Protection, Sharing, prot_bits
 from ._errors import (
     AddressUnalignedError,
     ClosedError,
@@ -48,18 +50,8 @@ from ._errors import (
     SourceEmptyError,
     os_error,
 )
-from ._gate import Gate
-from ._intervals import IntervalIndex
-from ._mapping import CLOSED, OPEN, Mapping, check_unpinned, new_mapping
-from ._placement import (
-    PLACEHOLDER_FIXED,
-    default_headroom,
-    fill_hole,
-    take_headroom_after,
-    take_range,
-    take_range_with_headroom,
-)
-from ._procmaps import covered
+from ._mapping import Mapping, busy_error
+from ._placement import default_headroom
 from ._source import WRITE_HINT, FileSource, Source, fd_error, open_source
 
 __all__ = ["Reservation", "reserve"]
@@ -67,7 +59,7 @@ __all__ = ["Reservation", "reserve"]
 _MASK: Final = ALIGNMENT - 1
 _RW: Final = Protection.READ | Protection.WRITE
 
-#: How a mapping is made (see _FLAGS_OF_KIND).
+#: How a mapping is made (the C core's kinds).
 _FILE_SHARED: Final = 0
 _FILE_PRIVATE: Final = 1
 _ANON_SHARED: Final = 2
@@ -76,34 +68,22 @@ _SHARED: Final = Sharing.SHARED
 _FD_MAX: Final = 2**31 - 1
 #: PROT_* bits by Protection value (indexing by the int value avoids hashing a Flag member).
 _PROT_BITS: Final = tuple(prot_bits(Protection(v)) for v in range(8))
+#: Offsets the C core takes (int64); a larger one keeps its sign and alignment when clamped.
+_I64: Final = 2**63
+_CLAMP: Final = 2**62
 
-_MAP_SHARED_FIXED: Final = _ffi.MAP_SHARED | _ffi.MAP_FIXED
-_MAP_SYNC_FIXED: Final = _ffi.MAP_SHARED_VALIDATE | _ffi.MAP_SYNC | _ffi.MAP_FIXED
-_MAP_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_FIXED
-_ANON_SHARED_FIXED: Final = _ffi.MAP_SHARED | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
-_ANON_PRIVATE_FIXED: Final = _ffi.MAP_PRIVATE | _ffi.MAP_ANONYMOUS | _ffi.MAP_FIXED
-_FLAGS_OF_KIND: Final = (
-    _MAP_SHARED_FIXED,
-    _MAP_PRIVATE_FIXED,
-    _ANON_SHARED_FIXED,
-    _ANON_PRIVATE_FIXED,
-)
-try_mmap = _ffi.try_mmap_fixed
-_raw_mmap = _ffi.raw_mmap_fixed
 _fdcheck = _ffi.fdcheck
 _raw_fdcheck = _ffi.raw_fdcheck
 _last_dev = _ffi.last_dev
-_new_view = _ffi.new_view
 _INJECTING: Final = _ffi.INJECTING
 _NEG_EINTR: Final = -errno.EINTR
-_PAGE: Final = Granularity.PAGE
-_CACHE_LINE: Final = Granularity.CACHE_LINE
-_BYTE: Final = Granularity.BYTE
-
-#: Whether shared mappings of files on a device (st_dev) accept MAP_SYNC (DAX file systems).
-#: Learned from the first shared map of a file on that device, then reused: on a non-DAX file
-#: system the refused MAP_SYNC attempt would otherwise cost a syscall on every map.
-_map_sync_by_dev: dict[int, bool] = {}
+_HOLE_BIT: Final = _ffi.HOLE_BIT
+_C_CLOSED: Final = _ffi.C_CLOSED
+_C_OFF_UNALIGNED: Final = _ffi.C_OFF_UNALIGNED
+_C_OFF_NEGATIVE: Final = _ffi.C_OFF_NEGATIVE
+_C_NO_FIT: Final = _ffi.C_NO_FIT
+_C_EXISTS: Final = _ffi.C_EXISTS
+_C_BUSY_BASE: Final = _ffi.C_BUSY_BASE
 
 
 def _check_protection(protection: object) -> Protection:
@@ -136,41 +116,25 @@ def _label(label: str | int) -> str:
 
 
 @final
-class Reservation(metaclass=NoPublicConstructor):
+class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
     """A range of virtual address space, reserved as an inaccessible placeholder.
 
     Made by ``aiopmem.sync.reserve()``. Map files or anonymous memory into it with
     ``map_file()`` / ``map_anonymous()``; grow it with ``extend()``, cut it with ``shrink()``,
     release it all with ``close()`` (or by leaving ``with``). Thread-safe: any number of threads
     may use one reservation at once.
+
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_address",
-        "_closed",
-        "_facade",
-        "_gate",
-        "_holes",
-        "_index",
-        "_lock",
-        "_max_size",
-        "_size",
-    )
+    __slots__ = ()
 
-    def __init__(self, address: int, size: int, max_size: int) -> None:
-        self._lock = threading.Lock()
-        self._gate = Gate(self._lock)
-        self._address = address
-        self._size = size
-        self._max_size = max_size
-        self._closed = False
-        self._index: IntervalIndex[Mapping] = IntervalIndex()
-        #: Ranges (start -> end) where the placeholder could not be laid back; each is also a
-        #: claim in the index so that nothing is mapped there blindly. See _note_hole().
-        self._holes: dict[int, int] = {}
-        #: The async layer's object for this reservation (set by it, opaque here).
-        self._facade: object | None = None
+    if TYPE_CHECKING:  # the fields of the C base
+        _address: int
+        _size: int
+        _max_size: int
+        _closed: bool
+        _facade: object | None
+        _count: int
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -199,29 +163,12 @@ class Reservation(metaclass=NoPublicConstructor):
         return self._repr(self._public_name)
 
     def _repr(self, name: str) -> str:
-        if self._closed:
+        if self.closed:
             return f"<{name} closed>"
         return (
-            f"<{name} address={self._address:#x} size={self._size:#x} "
-            f"max_size={self._max_size:#x} mappings={len(self._index) - len(self._holes)}>"
+            f"<{name} address={self.address:#x} size={self.size:#x} "
+            f"max_size={self.max_size:#x} mappings={self._count}>"
         )
-
-    # -- admission helpers ---------------------------------------------------------------------
-
-    def _enter_exclusive(self) -> bool:
-        """Admit an extend/shrink/close; False if the reservation is (or became) closed."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._gate.enter_exclusive()
-            if self._closed:
-                self._gate.leave_exclusive()
-                return False
-            return True
-
-    def _leave_exclusive(self) -> None:
-        with self._lock:
-            self._gate.leave_exclusive()
 
     # -- mapping -------------------------------------------------------------------------------
 
@@ -273,7 +220,7 @@ class Reservation(metaclass=NoPublicConstructor):
             _check_protection(protection)
         if type(sharing) is not Sharing:
             _check_sharing(sharing)
-        if self._closed:
+        if self.closed:
             raise ClosedError("the reservation is closed")
         shared = sharing is _SHARED
         bits = _PROT_BITS[protection._value_]
@@ -318,7 +265,10 @@ class Reservation(metaclass=NoPublicConstructor):
                         f"{_label(label)} ({size} bytes)"
                     )
             kind = _FILE_SHARED if shared else _FILE_PRIVATE
-            return self._map(offset, n, protection, sharing, bits, kind, fd, file_offset, label)
+            dev = _last_dev() if kind == _FILE_SHARED else 0
+            return self._map_at(
+                offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label
+            )
         finally:
             if src is not None:
                 src.close()
@@ -350,7 +300,7 @@ class Reservation(metaclass=NoPublicConstructor):
             _check_protection(protection)
         if type(sharing) is not Sharing:
             _check_sharing(sharing)
-        if self._closed:
+        if self.closed:
             raise ClosedError("the reservation is closed")
         if n & _MASK:
             raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
@@ -358,9 +308,9 @@ class Reservation(metaclass=NoPublicConstructor):
             raise LengthOutOfRangeError(f"length {n} is not positive")
         kind = _ANON_SHARED if sharing is _SHARED else _ANON_PRIVATE
         bits = _PROT_BITS[protection._value_]
-        return self._map(offset, n, protection, sharing, bits, kind, -1, 0, None)
+        return self._map_at(offset, n, protection, sharing, bits, kind, -1, 0, 0, None)
 
-    def _map(
+    def _map_at(
         self,
         offset: int,
         length: int,
@@ -370,161 +320,57 @@ class Reservation(metaclass=NoPublicConstructor):
         kind: int,
         fd: int,
         file_offset: int,
+        dev: int,
         label: str | int | None,
     ) -> Mapping:
-        """Steps 6-9 of map validation, the claim, the syscall and the commit."""
+        """Steps 6-9 of map validation, the claim, the syscall and the commit: one C call."""
+        off = (
+            offset
+            if -_I64 <= offset < _I64
+            else (_CLAMP if offset > 0 else -_CLAMP) | (offset & _MASK)
+        )
+        n = length if length < 2**64 else 2**64 - ALIGNMENT
+        r = self._map(Mapping, off, n, bits, kind, fd, file_offset, dev, protection, sharing, label)
+        if type(r) is not int:
+            return r  # type: ignore[no-any-return]
+        if r == _C_CLOSED:
+            raise ClosedError("the reservation is closed")
+        if r == _C_OFF_UNALIGNED:
+            raise OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
+        if r == _C_OFF_NEGATIVE:  # libpmem2 reports it as a length error; the fault is the offset's
+            raise LengthOutOfRangeError(f"offset {offset} is negative")
         span = (length + _MASK) & ~_MASK
-        gate = self._gate
-        index = self._index
-        with self._lock:
-            if self._closed:
-                raise ClosedError("the reservation is closed")
-            if not gate.try_enter_shared():
-                gate.enter_shared()
-                if self._closed:
-                    gate.leave_shared()
-                    raise ClosedError("the reservation is closed")
-            if offset & _MASK or offset < 0 or offset + span > self._size:
-                gate.leave_shared()
-                if offset & _MASK:
-                    raise OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
-                if offset < 0:  # libpmem2 reports it as a length error; the fault is the offset's
-                    raise LengthOutOfRangeError(f"offset {offset} is negative")
-                raise LengthOutOfRangeError(
-                    f"[{offset}, {offset + span}) does not fit in the reservation of "
-                    f"{self._size} bytes"
-                )
-            addr = self._address + offset
-            if not index.claim(addr, addr + span):
-                gate.leave_shared()
-                raise MappingExistsError(
-                    f"[{offset:#x}, {offset + span:#x}) overlaps a mapping of the reservation"
-                )
-        try:
-            if kind == _FILE_SHARED:
-                dev = _last_dev()
-                sync = _map_sync_by_dev.get(dev)
-                granularity = _PAGE
-                err = 0
-                if sync is not False:
-                    err = try_mmap(addr, length, bits, _MAP_SYNC_FIXED, fd, file_offset)
-                    if not err:
-                        _map_sync_by_dev[dev] = True
-                        granularity = _CACHE_LINE
-                    elif err in (errno.EOPNOTSUPP, errno.EINVAL):
-                        _map_sync_by_dev[dev] = False
-                if sync is False or err:
-                    flags = _MAP_SHARED_FIXED
-                    err = (
-                        try_mmap(addr, length, bits, flags, fd, file_offset)
-                        if _INJECTING
-                        else _raw_mmap(addr, length, bits, flags, fd, file_offset)
-                    )
-            else:
-                granularity = _BYTE
-                flags = _FLAGS_OF_KIND[kind]
-                err = (
-                    try_mmap(addr, length, bits, flags, fd, file_offset)
-                    if _INJECTING
-                    else _raw_mmap(addr, length, bits, flags, fd, file_offset)
-                )
-            if err == errno.EINTR:
-                err = try_mmap(addr, length, bits, flags, fd, file_offset)
-            if err:
-                self._mend_after_failed_map(addr, span)
-                raise _map_error(err, bits, kind)
-            m = new_mapping(
-                self, addr, length, span, file_offset, protection, sharing, granularity, label
+        if r == _C_NO_FIT:
+            raise LengthOutOfRangeError(
+                f"[{offset}, {offset + span}) does not fit in the reservation of {self.size} bytes"
             )
-        except BaseException:
-            with self._lock:
-                if addr not in self._holes:
-                    index.remove(addr)
-                gate.leave_shared()
-            raise
-        with self._lock:
-            index.replace(addr, m)  # the claim becomes the mapping
-            gate.leave_shared()
-        return m
+        if r == _C_EXISTS:
+            raise MappingExistsError(
+                f"[{offset:#x}, {offset + span:#x}) overlaps a mapping of the reservation"
+            )
+        if r & _HOLE_BIT:
+            r &= ~_HOLE_BIT
+            addr = self.address + offset
+            self._warn_hole(addr, addr + span)
+        raise _map_error(r, bits, kind)
 
     # -- keeping the range whole ---------------------------------------------------------------
 
-    def _mend_after_failed_map(self, addr: int, span: int) -> None:
-        """After a failed MAP_FIXED mmap, make sure the range is still held.
-
-        Current kernels leave the old placeholder in place when such an mmap fails; older ones
-        could leave a hole. Laying a placeholder with MAP_FIXED_NOREPLACE tells the two apart
-        at the cost of one syscall on the failure path only: EEXIST means the range is intact.
-        """
-        try:
-            fill_hole(addr, span)
-        except MappingExistsError:
-            return
-        except OSError:
-            if covered(addr, addr + span):
-                return
-            self._note_hole(addr, addr + span)
-            self._warn_hole(addr, addr + span)
-
-    def _replace_with_placeholder(self, addr: int, span: int, err: int) -> bool:
-        """The rest of an unmap whose placeholder overlay (MAP_FIXED over the mapping) failed
-        with ``err``. Raises with nothing changed, or succeeds; returns True if the range could
-        only be freed, not re-held: it is then noted as a hole and the caller warns once its own
-        state is consistent.
-        """
-        if err == errno.EINTR:
-            err = try_mmap(addr, span, _ffi.PROT_NONE, PLACEHOLDER_FIXED)
-            if not err:
-                return False
-        if err != errno.ENOMEM:
-            raise os_error(err)
-        # At the VMA limit (vm.max_map_count) the kernel refuses the overlay, which needs an
-        # extra VMA for a moment, while munmap + a MAP_FIXED_NOREPLACE placeholder (which merges
-        # with its neighbours) goes through. Between the two calls the range is free: if
-        # something else takes it, the reservation notes the hole instead of clobbering it.
-        _ffi.munmap(addr, span)
-        try:
-            fill_hole(addr, span)
-        except (MappingExistsError, OSError):
-            self._note_hole(addr, addr + span)
-            return True
-        return False
-
-    def _note_hole(self, start: int, end: int) -> None:
-        """Record that ``[start, end)`` is no longer held by a placeholder. It stays claimed in the
-        index (nothing is mapped there, ``shrink`` treats it as occupied, ``close`` leaves it
-        alone since something else may live there now) until ``_repair_holes`` re-takes it."""
-        with self._lock:
-            self._holes[start] = end
-            if not self._index.overlaps(start, end):
-                self._index.insert(start, end, None)
-
     def _warn_hole(self, start: int, end: int) -> None:
         warnings.warn(
-            f"aiopmem: [{start - self._address:#x}, {end - self._address:#x}) of the reservation "
-            f"at {self._address:#x} could not be re-reserved; nothing is mapped there until "
+            f"aiopmem: [{start - self.address:#x}, {end - self.address:#x}) of the reservation "
+            f"at {self.address:#x} could not be re-reserved; nothing is mapped there until "
             "it can be",
             RuntimeWarning,
             stacklevel=3,
         )
 
-    def _repair_holes(self) -> None:
-        """Try to re-take every hole (called under the exclusive gate)."""
-        for start, end in list(self._holes.items()):
-            try:
-                fill_hole(start, end - start)
-            except (OSError, MappingExistsError):  # still in use by someone else: keep it
-                continue
-            with self._lock:
-                del self._holes[start]
-                self._index.remove(start)
-
     @property
     def holes(self) -> list[tuple[int, int]]:
         """Offset ranges that could not be re-reserved after an unmap at the kernel's VMA limit
         (normally empty). Nothing is mapped there until the range can be taken back."""
-        with self._lock:
-            return [(s - self._address, e - self._address) for s, e in sorted(self._holes.items())]
+        base = self.address
+        return [(s - base, e - base) for s, e in self._holes()]
 
     # -- extent --------------------------------------------------------------------------------
 
@@ -544,7 +390,7 @@ class Reservation(metaclass=NoPublicConstructor):
             OSError: the kernel refused (ENOMEM, EAGAIN); nothing is changed.
         """
         n = as_int(size, "size")
-        if self._closed:
+        if self.closed:
             raise ClosedError("the reservation is closed")
         if n & _MASK:
             raise LengthUnalignedError(f"size {n} is not a multiple of {ALIGNMENT}")
@@ -552,32 +398,23 @@ class Reservation(metaclass=NoPublicConstructor):
             raise LengthOutOfRangeError(f"size {n} is negative")
         if n == 0:
             return
-        if not self._enter_exclusive():
-            raise ClosedError("the reservation is closed")
-        try:
-            if self._holes:
-                self._repair_holes()
-            new_size = self._size + n
-            if self._address + new_size > ADDRESS_LIMIT:
+        if n >= ADDRESS_LIMIT:
+            code = _ffi.C_PAST_ASPACE if not self.closed else _C_CLOSED
+        else:
+            code = self._extend(n)
+        if code:
+            if code == _C_CLOSED:
+                raise ClosedError("the reservation is closed")
+            if code == _ffi.C_PAST_ASPACE:
                 raise LengthOutOfRangeError(
                     f"extending by {n} bytes would pass the end of the address space"
                 )
-            if new_size > self._max_size:
-                end = self._address + self._max_size
-                try:
-                    fill_hole(end, self._address + new_size - end)
-                except MappingExistsError:
-                    raise MappingExistsError(
-                        f"cannot extend to {new_size} bytes: the address space after the "
-                        "reservation's headroom is in use"
-                    ) from None
-                with self._lock:
-                    self._size = self._max_size = new_size
-            else:
-                with self._lock:
-                    self._size = new_size
-        finally:
-            self._leave_exclusive()
+            if code == _ffi.C_EXTEND_EXISTS:
+                raise MappingExistsError(
+                    f"cannot extend to {self.size + n} bytes: the address space after the "
+                    "reservation's headroom is in use"
+                )
+            raise os_error(code)
 
     def shrink(self, offset: int, size: int) -> None:
         """Remove ``[offset, offset+size)``, which must touch the beginning or the end of the
@@ -602,50 +439,39 @@ class Reservation(metaclass=NoPublicConstructor):
         """
         off = as_int(offset, "offset")
         n = as_int(size, "size")
-        if self._closed:
+        if self.closed:
             raise ClosedError("the reservation is closed")
         if off & _MASK:
             raise OffsetUnalignedError(f"offset {off} is not a multiple of {ALIGNMENT}")
         if n & _MASK:
             raise LengthUnalignedError(f"size {n} is not a multiple of {ALIGNMENT}")
-        if not self._enter_exclusive():
-            raise ClosedError("the reservation is closed")
-        try:
-            cur = self._size
-            if off < 0 or off >= cur:
+        code = self._shrink(
+            off if -_I64 <= off < _I64 else (_I64 - ALIGNMENT if off > 0 else -_I64),
+            n if -_I64 <= n < _I64 else (_I64 - ALIGNMENT if n > 0 else -_I64),
+        )
+        if code:
+            cur = self.size
+            if code == _C_CLOSED:
+                raise ClosedError("the reservation is closed")
+            if code == _ffi.C_OFF_RANGE:
                 raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {cur})")
-            if n <= 0:
+            if code == _ffi.C_LEN_NONPOS:
                 raise LengthOutOfRangeError(f"size {n} is not positive")
-            if off + n > cur:
+            if code == _ffi.C_LEN_PAST:
                 raise LengthOutOfRangeError(
                     f"[{off}, {off + n}) reaches past the end of the reservation ({cur} bytes)"
                 )
-            if off != 0 and off + n != cur:
+            if code == _ffi.C_MID:
                 raise NotSupportedError(
                     "only the beginning or the end of a reservation can be shrunk"
                 )
-            if off == 0 and n == cur:
+            if code == _ffi.C_WHOLE:
                 raise NotSupportedError(
                     "shrinking the whole reservation is not supported; close it"
                 )
-            if self._holes:
-                self._repair_holes()
-            lo = self._address + off
-            with self._lock:
-                occupied = self._index.overlaps(lo, lo + n)
-            if occupied:
+            if code == _ffi.C_NOT_EMPTY:
                 raise ReservationNotEmptyError(f"[{off:#x}, {off + n:#x}) holds a mapping")
-            if off == 0:
-                _ffi.munmap(lo, n)
-                with self._lock:
-                    self._address += n
-                    self._size -= n
-                    self._max_size -= n
-            else:
-                with self._lock:
-                    self._size -= n
-        finally:
-            self._leave_exclusive()
+            raise os_error(code)
 
     # -- close ---------------------------------------------------------------------------------
 
@@ -658,64 +484,11 @@ class Reservation(metaclass=NoPublicConstructor):
                 open; if some of it was released already, that part is a hole (see
                 ``holes``) and the mappings that lay in it are closed. Call close() again.
         """
-        if not self._enter_exclusive():
-            return
-        try:
-            if self._holes:
-                self._repair_holes()
-            with self._lock:
-                mappings = self._index.values()
-                check_unpinned(tuple(m._views for m in mappings), "close the reservation")
-                for m in mappings:  # no new view while the memory goes away
-                    m._state = CLOSED
-            failed = self._release_all()
-            if failed is not None:
-                released, exc = failed
-                self._keep_after_failed_close(mappings, released)
-                raise exc
-            with self._lock:
-                self._index.clear()
-                self._holes.clear()
-                self._closed = True
-        finally:
-            self._leave_exclusive()
-
-    def _release_all(self) -> tuple[list[tuple[int, int]], OSError] | None:
-        """munmap the whole held range except holes (something else may live there now).
-
-        Returns None once all of it is released; if a munmap fails, the pieces released
-        before it and the error (a munmap either releases its whole range or nothing)."""
-        pos = self._address
-        end = self._address + self._max_size
-        pieces = []
-        for start, stop in sorted(self._holes.items()):
-            if start > pos:
-                pieces.append((pos, start))
-            pos = stop
-        if end > pos:
-            pieces.append((pos, end))
-        for i, (start, stop) in enumerate(pieces):
-            try:
-                _ffi.munmap(start, stop - start)
-            except OSError as exc:
-                return pieces[:i], exc
-        return None
-
-    def _keep_after_failed_close(
-        self, mappings: list[Mapping], released: list[tuple[int, int]]
-    ) -> None:
-        """The partial outcome of a close whose munmap failed: the pieces already released
-        become holes of the reservation (nothing is held there any more) and the mappings that
-        lay in them stay closed; every other mapping is open again. A later close() releases
-        the rest."""
-        with self._lock:
-            for m in mappings:
-                if any(start <= m._addr < stop for start, stop in released):
-                    self._index.remove(m._addr)
-                else:
-                    m._state = OPEN
-        for start, stop in released:
-            self._note_hole(start, stop)
+        code = self._close()
+        if code:
+            if code <= _C_BUSY_BASE:
+                raise busy_error(code, "close the reservation")
+            raise os_error(code)
 
     def __enter__(self) -> Reservation:
         return self
@@ -731,11 +504,7 @@ class Reservation(metaclass=NoPublicConstructor):
     def __del__(self) -> None:
         # A reservation dropped without close(): release it (as an mmap object does) unless a
         # view still reaches into it, and warn as an unclosed file does.
-        try:
-            closed = self._closed
-        except AttributeError:  # __init__ did not run to the end
-            return
-        if closed:
+        if self.closed:
             return
         try:
             warnings.warn(
@@ -767,45 +536,31 @@ class Reservation(metaclass=NoPublicConstructor):
         """
         off = as_int(offset, "offset")
         n = as_optional_int(length, "length")
-        with self._lock:
-            if self._closed:
-                raise ClosedError("the reservation is closed")
-            size = self._size
-            if off < 0 or off > size:
-                raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
-            if n is None:
-                n = size - off
-            elif n < 0 or off + n > size:
-                raise LengthOutOfRangeError(
-                    f"length {n} at offset {off} reaches outside the reservation of {size} bytes"
-                )
-            if n == 0:
-                return memoryview(b"")
-            lo = self._address + off
-            hi = lo + n
-            pos = lo
-            covered_by: list[Mapping] = []
-            readonly = False
-            gap_end = hi
-            for start, end, m in self._index.between(lo, hi):
-                if start > pos:
-                    gap_end = start
-                    break
-                if m is None or m._state != OPEN:  # being mapped, a hole, being unmapped
-                    gap_end = end
-                    break
-                if Protection.READ not in m._protection:
-                    raise NoAccessError(f"{m!r} lacks READ")
-                readonly = readonly or Protection.WRITE not in m._protection
-                covered_by.append(m)
-                pos = end
-            if pos < hi:
-                base = self._address
-                raise NoAccessError(
-                    f"[{pos - base:#x}, {min(gap_end, hi) - base:#x}) of the reservation is not "
-                    f"mapped (the view asked for [{off:#x}, {off + n:#x}))"
-                )
-            return _new_view(self, tuple(m._views for m in covered_by), lo, n, readonly)
+        if self.closed:
+            raise ClosedError("the reservation is closed")
+        size = self.size
+        if off < 0 or off > size:
+            raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
+        if n is None:
+            n = size - off
+        elif n < 0 or off + n > size:
+            raise LengthOutOfRangeError(
+                f"length {n} at offset {off} reaches outside the reservation of {size} bytes"
+            )
+        if n == 0:
+            return memoryview(b"")
+        base = self.address
+        r = self._rview(base + off, base + off + n)
+        if type(r) is memoryview:
+            return r
+        if r == _C_CLOSED:
+            raise ClosedError("the reservation is closed")
+        if r[0] == "noread":
+            raise NoAccessError(f"{r[1]!r} lacks READ")
+        raise NoAccessError(
+            f"[{r[1] - base:#x}, {r[2] - base:#x}) of the reservation is not "
+            f"mapped (the view asked for [{off:#x}, {off + n:#x}))"
+        )
 
     # -- describe (plain, never waits for a syscall) -------------------------------------------
 
@@ -827,29 +582,22 @@ class Reservation(metaclass=NoPublicConstructor):
         columns = as_int(width, "width")
         if columns < 1:
             raise ValueError(f"width {columns} is not positive")
-        with self._lock:
-            if self._closed:
-                layout = None
-            else:
-                base = self._address
-                layout = Layout(
-                    base,
-                    self._size,
-                    self._max_size,
-                    # Public attributes only: the mapping's internals are the hot path's.
-                    tuple(
-                        Row(
-                            m.address - base,
-                            m.size,
-                            m.file,
-                            m.file_offset,
-                            m.protection,
-                            m.sharing,
-                        )
-                        for m in self._index.values()
-                    ),
-                    tuple((s - base, e - base) for s, e in sorted(self._holes.items())),
-                )
+        snap = self._snapshot()
+        if snap is None:
+            layout = None
+        else:
+            base, size, max_size, mappings, holes = snap
+            layout = Layout(
+                base,
+                size,
+                max_size,
+                # Public attributes only: the mapping's internals are the hot path's.
+                tuple(
+                    Row(m.address - base, m.size, m.file, m.file_offset, m.protection, m.sharing)
+                    for m in mappings
+                ),
+                tuple((s - base, e - base) for s, e in holes),
+            )
         return render(layout, columns)
 
     # -- lookups (plain, never wait for a syscall) ---------------------------------------------
@@ -863,47 +611,41 @@ class Reservation(metaclass=NoPublicConstructor):
         n = length if type(length) is int else as_int(length, "length")
         if n < 0:
             return None
-        with self._lock:
-            if self._closed:
-                return None
-            lo = self._address + off
-            return self._index.find(lo, lo + (n or 1))
+        lo = self.address + off
+        hi = min(lo + (n or 1), ADDRESS_LIMIT - 1)
+        lo = max(lo, 0)
+        if lo >= hi:
+            return None
+        return self._find(lo, hi)  # type: ignore[no-any-return]
 
-    def _located(self, mapping: object) -> int | None:
+    def _check_mapping(self, mapping: object) -> Mapping:
         if not isinstance(mapping, Mapping):
             name = public_name(mapping)
             hint = " (use its .sync)" if name == "aiopmem.Mapping" else ""
             raise TypeError(f"expected an aiopmem.sync.Mapping, not {name}{hint}")
-        if mapping._rsv is not self or mapping._state == CLOSED or self._closed:
-            return None
-        return mapping._addr
+        return mapping
 
     def find_prev(self, mapping: Mapping) -> Mapping | None:
         """The mapping right before ``mapping`` in address order, or None."""
-        with self._lock:
-            addr = self._located(mapping)
-            return None if addr is None else self._index.prev(addr)
+        m = self._check_mapping(mapping)
+        return None if m._rsv is not self else self._step(m, -1)
 
     def find_next(self, mapping: Mapping) -> Mapping | None:
         """The mapping right after ``mapping`` in address order, or None."""
-        with self._lock:
-            addr = self._located(mapping)
-            return None if addr is None else self._index.next(addr)
+        m = self._check_mapping(mapping)
+        return None if m._rsv is not self else self._step(m, 1)
 
     def find_first(self) -> Mapping | None:
         """The lowest mapping, or None."""
-        with self._lock:
-            return None if self._closed else self._index.first()
+        return self._edge(-1)  # type: ignore[no-any-return]
 
     def find_last(self) -> Mapping | None:
         """The highest mapping, or None."""
-        with self._lock:
-            return None if self._closed else self._index.last()
+        return self._edge(1)  # type: ignore[no-any-return]
 
     def mappings(self) -> list[Mapping]:
         """A snapshot of the live mappings, in address order."""
-        with self._lock:
-            return [] if self._closed else self._index.values()
+        return self._values()
 
 
 def reserve(size: int, *, address: int | None = None, max_size: int | None = None) -> Reservation:
@@ -943,22 +685,14 @@ def reserve(size: int, *, address: int | None = None, max_size: int | None = Non
         if limit >= ADDRESS_LIMIT:
             raise LengthOutOfRangeError(f"max_size {limit} is larger than the address space")
     held = n if limit is None else limit
-    if addr is not None:
-        if addr < 0 or addr + held > ADDRESS_LIMIT:
-            raise os_error(errno.EINVAL)
-        fill_hole(addr, held)
-        if limit is None:
-            try:
-                held += take_headroom_after(addr + n, default_headroom(n))
-            except BaseException:
-                # The headroom's failure is the one to report. Should giving the range back
-                # fail too, nothing else can be done with it: do not mask the first error.
-                with contextlib.suppress(OSError):
-                    _ffi.munmap(addr, n)
-                raise
-        return Reservation._create(addr, n, held)
-    if limit is None:
-        addr, held = take_range_with_headroom(n, default_headroom(n))
-    else:
-        addr = take_range(held)
-    return Reservation._create(addr, n, held)
+    if addr is not None and (addr < 0 or addr + held > ADDRESS_LIMIT):
+        raise os_error(errno.EINVAL)
+    r = _ffi.reserve(Reservation, addr, n, limit, default_headroom(n))
+    if type(r) is int:
+        if r == _C_EXISTS:
+            assert addr is not None
+            raise MappingExistsError(
+                f"[{addr:#x}, {addr + held:#x}) is occupied by another mapping"
+            )
+        raise os_error(r)
+    return r  # type: ignore[no-any-return]

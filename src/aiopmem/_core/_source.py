@@ -18,28 +18,28 @@ _FD_MAX: Final = 2**31 - 1
 
 @final
 class Source:
-    """An open file ready to be mapped. ``owned``: the descriptor was opened here (from a path)
-    and must be closed once the mapping is made."""
+    """An open file ready to be mapped. ``owned``: the descriptor was opened here (from a path);
+    it is closed by ``close()`` once the mapping is made, or when the object dies, whatever
+    interrupts the map in between."""
 
     __slots__ = ("fd", "name", "owned", "size")
 
-    def __init__(self, fd: int, owned: bool, size: int, name: str) -> None:
+    def __init__(self, fd: int, owned: _ffi.OwnedFd | None, size: int, name: str) -> None:
         self.fd = fd
         self.owned = owned
         self.size = size
         self.name = name
 
     def close(self) -> None:
-        if self.owned:
-            self.owned = False
-            os.close(self.fd)
+        if self.owned is not None:
+            self.owned.close()
 
 
-def _check_fd(fd: int, name: str, owned: bool) -> Source:
+def _check_fd(fd: int, name: str, owned: _ffi.OwnedFd | None) -> Source:
     size = _ffi.fdcheck(fd)
     if size < 0:
-        if owned:
-            os.close(fd)
+        if owned is not None:
+            owned.close()
         raise fd_error(fd, size, name)
     return Source(fd, owned, size, name)
 
@@ -87,12 +87,12 @@ def open_source(file: object, writable: bool) -> Source:
     if isinstance(file, int):
         if file < 0 or file > _FD_MAX:
             raise InvalidFileHandleError(f"{file} is not a valid file descriptor")
-        return _check_fd(file, f"file descriptor {file}", owned=False)
+        return _check_fd(file, f"file descriptor {file}", owned=None)
     if isinstance(file, (str, bytes, os.PathLike)):
         path = os.fspath(file)
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
         try:
-            fd = _ffi.open_path(path, flags)
+            owned = _ffi.open_path(path, flags)
         except IsADirectoryError:
             raise InvalidFileTypeError(f"{path!r} is a directory") from None
         except PermissionError as exc:
@@ -101,7 +101,7 @@ def open_source(file: object, writable: bool) -> Source:
                     f"cannot open {path!r} for writing: {exc.strerror} ({WRITE_HINT})"
                 ) from None
             raise NoAccessError(f"cannot open {path!r}: {exc.strerror}") from None
-        return _check_fd(fd, repr(path) if isinstance(path, bytes) else path, owned=True)
+        return _check_fd(owned.fd, repr(path) if isinstance(path, bytes) else path, owned=owned)
     fileno = getattr(file, "fileno", None)
     if fileno is None:
         raise TypeError(
@@ -116,4 +116,4 @@ def open_source(file: object, writable: bool) -> Source:
     if fd < 0 or fd > _FD_MAX:
         raise InvalidFileHandleError(f"fileno() returned {fd}, not a valid file descriptor")
     name = getattr(file, "name", None)
-    return _check_fd(fd, name if isinstance(name, str) else f"file descriptor {fd}", owned=False)
+    return _check_fd(fd, name if isinstance(name, str) else f"file descriptor {fd}", owned=None)

@@ -1,10 +1,12 @@
-"""Typed wrappers over the compiled cffi module: the only importer of the compiled modules
-(``aiopmem._ffi._lib`` from cffi, ``aiopmem._ffi._window``, the buffer exporter).
+"""Typed wrappers over the compiled modules, and their only importer: ``aiopmem._ffi._lib``
+(cffi: constants and a few syscalls made from Python) and ``aiopmem._ffi._core`` (the state of
+reservations and mappings and every transition of it, the buffer exporter, the injection
+registry; see ``_core.c``).
 
 Views: ``new_view(owner, holders, address, length, readonly)`` returns a memoryview over a new
 buffer exporter that keeps ``owner`` alive and is registered (weakly) in each list of
 ``holders``; ``live_views(lists)`` counts the exporters of those lists still alive. Memory may
-be unmapped only while that count is 0 (see ``_window.c``).
+be unmapped only while that count is 0 (see ``_core.c``).
 
 Every wrapper raises ``OSError`` with the errno of the failing call (read in C right after it)
 and passes through the injection seam of ``aiopmem.testing`` first. EINTR, real or injected,
@@ -18,15 +20,61 @@ from errno import EINTR, EIO
 from typing import Final
 
 from . import _inject
+from ._core import (
+    C_BUSY_BASE,
+    C_CLOSED,
+    C_EXISTS,
+    C_EXTEND_EXISTS,
+    C_HOLE_NOTED,
+    C_LEN_NONPOS,
+    C_LEN_PAST,
+    C_MID,
+    C_NO_FIT,
+    C_NOT_EMPTY,
+    C_OFF_NEGATIVE,
+    C_OFF_RANGE,
+    C_OFF_UNALIGNED,
+    C_PAST_ASPACE,
+    C_WHOLE,
+    HOLE_BIT,
+    ST_CLOSED,
+    ST_NEW,
+    ST_OPEN,
+    ST_UNMAPPING,
+    Abandoned,
+    MappingBase,
+    ReservationBase,
+    Ticket,
+    new_view,
+    reserve,
+    set_ticket,
+)
+from ._core import OwnedFd as OwnedFd
+from ._core import live as live_views
+from ._core import open_path as _open_path
 from ._lib import ffi, lib
-from ._window import live as live_views
-from ._window import new_view
 
 __all__ = [
     "AP_FD_DIR",
     "AP_FD_NOTREG",
     "AP_FD_PATH",
     "AP_FD_WRONLY",
+    "C_BUSY_BASE",
+    "C_CLOSED",
+    "C_EXISTS",
+    "C_EXTEND_EXISTS",
+    "C_HOLE_NOTED",
+    "C_LEN_NONPOS",
+    "C_LEN_PAST",
+    "C_MID",
+    "C_NOT_EMPTY",
+    "C_NO_FIT",
+    "C_OFF_NEGATIVE",
+    "C_OFF_RANGE",
+    "C_OFF_UNALIGNED",
+    "C_PAST_ASPACE",
+    "C_WHOLE",
+    "HOLE_BIT",
     "INJECTING",
     "MAP_ANONYMOUS",
     "MAP_FIXED",
@@ -45,6 +93,14 @@ __all__ = [
     "PROT_NONE",
     "PROT_READ",
     "PROT_WRITE",
+    "ST_CLOSED",
+    "ST_NEW",
+    "ST_OPEN",
+    "ST_UNMAPPING",
+    "Abandoned",
+    "MappingBase",
+    "ReservationBase",
+    "Ticket",
     "fdcheck",
     "last_dev",
     "live_views",
@@ -56,9 +112,9 @@ __all__ = [
     "new_view",
     "open_path",
     "raw_fdcheck",
-    "raw_mmap_fixed",
+    "reserve",
+    "set_ticket",
     "strerror",
-    "try_mmap_fixed",
 ]
 
 PAGE_SIZE: Final[int] = int(lib.ap_page_size())
@@ -160,11 +216,10 @@ AP_FD_NOTREG: Final[int] = lib.AP_FD_NOTREG
 _fdcheck = lib.ap_fdcheck
 last_dev = lib.ap_last_dev
 
-#: The compiled calls themselves, for the hot paths of the core: no injection seam and no EINTR
-#: retry, so a caller uses them only while ``INJECTING`` is empty (falsy) and falls back to the
-#: wrappers (``fdcheck``, ``try_mmap_fixed``) on EINTR. Saves a Python frame per call.
+#: The compiled call itself, for the hot path of map_file: no injection seam and no EINTR
+#: retry, so a caller uses it only while ``INJECTING`` is empty (falsy) and falls back to
+#: ``fdcheck`` on EINTR. Saves a Python frame per call.
 raw_fdcheck = lib.ap_fdcheck
-raw_mmap_fixed = lib.ap_mmap_fixed
 #: Truthy while any injection is active (``aiopmem.testing.inject``).
 INJECTING: Final = _ACTIVE
 
@@ -185,28 +240,9 @@ def fdcheck(fd: int) -> int:
     return r
 
 
-_mmap_fixed = lib.ap_mmap_fixed
-
-
-def try_mmap_fixed(
-    addr: int, length: int, prot: int, flags: int, fd: int = -1, offset: int = 0
-) -> int:
-    """``mmap_fixed`` returning the errno (0 on success) instead of raising: the hot paths
-    branch on it without the cost of an exception."""
-    if _ACTIVE:
-        try:
-            while _intercept("mmap"):
-                pass
-        except OSError as exc:
-            return exc.errno or EINTR
-    err: int = _mmap_fixed(addr, length, prot, flags, fd, offset)
-    while err == EINTR:
-        err = _mmap_fixed(addr, length, prot, flags, fd, offset)
-    return err
-
-
-def open_path(path: str | bytes, flags: int) -> int:
-    """open(2) of a path, close-on-exec always."""
+def open_path(path: str | bytes, flags: int) -> OwnedFd:
+    """open(2) of a path, close-on-exec always; the descriptor is closed when the returned
+    object dies (or by its ``close()``), so an interruption cannot leak it."""
     while _ACTIVE and _intercept("open"):
         pass
-    return os.open(path, flags | os.O_CLOEXEC)
+    return _open_path(path, flags)

@@ -18,6 +18,7 @@ ffibuilder.cdef((_HERE / "_cdef.h").read_text())
 ffibuilder.set_source(
     "aiopmem._ffi._lib",
     (_HERE / "_source.c").read_text(),
+    include_dirs=[str(_HERE)],
     extra_compile_args=["-O2", "-Wall"],
 )
 

@@ -11,19 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Headers older than the kernel feature: the values are the Linux ABI's. */
-#ifndef MAP_SHARED_VALIDATE
-#define MAP_SHARED_VALIDATE 0x03
-#endif
-#ifndef MAP_SYNC
-#define MAP_SYNC 0x80000
-#endif
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
-#ifndef O_PATH
-#define O_PATH 010000000
-#endif
+#include "_linux.h"
 
 static long ap_page_size(void)
 {

@@ -1,0 +1,2278 @@
+/* aiopmem._ffi._core: the state of reservations and mappings, and every transition of it.
+ *
+ * Why C. A KeyboardInterrupt (raised by a signal handler, or by a trace function) can land
+ * between any two Python lines, and inside a `finally` too, so a transition written as several
+ * Python lines (admit, claim, mmap, commit, leave) can be torn: counters left wrong, a claim
+ * left behind, a mapping made but not recorded. Here each transition is one C call. Python
+ * runs only before it (validation, with nothing changed yet) and after it (raising the error a
+ * code stands for, or returning the object the call committed, which `mappings()` also
+ * reaches). Inside a call no Python code runs while the state is in between: the GIL makes the
+ * call atomic to other threads, syscalls are made with the GIL released only where the state
+ * says so (a claim, a mapping marked UNMAPPING, an exclusive admission), and allocation, the
+ * one thing that can run Python code (a garbage collection and its finalizers), happens before
+ * a transition starts or after it ends. A wait for admission is the one place a signal is
+ * taken: the wait backs out cleanly first.
+ *
+ * Contents: the view exporter (Window), fault injection at the syscall seam, the syscalls with
+ * their EINTR retry, placement (placeholders, holes), the admission gate, the index of
+ * mappings, and the two object bases (ReservationBase, MappingBase) the Python classes of
+ * aiopmem.sync extend with validation and documentation.
+ *
+ * Thread-safety: every entry point runs with the GIL held. The GIL is released only around
+ * syscalls and waits, and never while the state is inconsistent.
+ */
+#define PY_SSIZE_T_CLEAN
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <Python.h>
+#include <structmember.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "_linux.h"
+
+typedef unsigned __int128 u128;
+
+static int
+as_c_int(PyObject *o)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "value out of range for a C int");
+        return -1;
+    }
+    return (int)v;
+}
+
+/* ============================================================================ views ==== */
+
+/* Pinning by liveness. Every view is backed by a Window of its own, an object that exposes
+ * `length` bytes at `addr` through the buffer protocol. The library keeps only *weak*
+ * references to windows (one list per mapping the window covers), so a window is alive exactly
+ * while something outside the library reaches it: a memoryview or a slice of one, `view.obj`,
+ * a numpy array built with `buffer=view` (it keeps `view.obj` and releases the export at once),
+ * a ctypes object... An unmap or a close goes ahead only when every window over the memory is
+ * dead, and a dead window cannot come back, so nothing can reach memory once it is unmapped.
+ * A window holds a strong reference to its owner (the reservation): a reservation dropped
+ * while a view lives stays mapped until the last window dies, and is released then. Users
+ * cannot make or change windows: the type cannot be instantiated and has no methods. */
+typedef struct {
+    PyObject_HEAD
+    char *addr;
+    Py_ssize_t length;
+    int readonly;
+    PyObject *owner;
+    PyObject *weakreflist;
+} Window;
+
+static int
+window_getbuffer(Window *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->addr, self->length, self->readonly,
+                             flags);
+}
+
+static PyBufferProcs window_as_buffer = {(getbufferproc)window_getbuffer, NULL};
+
+static int
+window_traverse(Window *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int
+window_clear(Window *self)
+{
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void
+window_dealloc(Window *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    Py_CLEAR(self->owner);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject WindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Window",
+    .tp_basicsize = sizeof(Window),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = "The memory behind a view of an aiopmem mapping (made by the library only).",
+    .tp_as_buffer = &window_as_buffer,
+    .tp_traverse = (traverseproc)window_traverse,
+    .tp_clear = (inquiry)window_clear,
+    .tp_dealloc = (destructor)window_dealloc,
+    .tp_weaklistoffset = offsetof(Window, weakreflist),
+};
+
+static int
+ref_alive(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj;
+    int r = PyWeakref_GetRef(ref, &obj);
+    Py_XDECREF(obj);
+    return r;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    return obj == NULL ? -1 : obj != Py_None;
+#endif
+}
+
+/* Drop the dead references of `list` in place; returns how many live ones remain, or -1.
+   Runs no Python code (a weak reference without callback dies silently). */
+static Py_ssize_t
+prune(PyObject *list)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list), kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int alive = ref_alive(PyList_GET_ITEM(list, i));
+        if (alive < 0)
+            return -1;
+        if (alive) {
+            if (kept != i) {
+                PyObject *tmp = PyList_GET_ITEM(list, kept);
+                PyList_SET_ITEM(list, kept, PyList_GET_ITEM(list, i));
+                PyList_SET_ITEM(list, i, tmp);
+            }
+            kept++;
+        }
+    }
+    if (kept < n && PyList_SetSlice(list, kept, n, NULL) < 0)
+        return -1;
+    return kept;
+}
+
+/* A view in two steps, so that the allocations (which may run a garbage collection, and so
+   Python code) happen before the caller re-checks the state and registers the window. */
+typedef struct {
+    Window *w;
+    PyObject *ref;
+    PyObject *mv;
+} Prepared;
+
+static int
+view_prepare(Prepared *p, PyObject *owner, uint64_t addr, Py_ssize_t length, int readonly)
+{
+    p->w = NULL;
+    p->ref = p->mv = NULL;
+    Window *w = PyObject_GC_New(Window, &WindowType);
+    if (w == NULL)
+        return -1;
+    w->addr = (char *)(uintptr_t)addr;
+    w->length = length;
+    w->readonly = readonly;
+    Py_INCREF(owner);
+    w->owner = owner;
+    w->weakreflist = NULL;
+    PyObject_GC_Track(w);
+    p->w = w;
+    p->ref = PyWeakref_NewRef((PyObject *)w, NULL);
+    if (p->ref == NULL)
+        goto fail;
+    p->mv = PyMemoryView_FromObject((PyObject *)w);
+    if (p->mv == NULL)
+        goto fail;
+    return 0;
+fail:
+    Py_CLEAR(p->ref);
+    Py_CLEAR(p->w);
+    return -1;
+}
+
+static void
+view_discard(Prepared *p)
+{
+    Py_CLEAR(p->mv);
+    Py_CLEAR(p->ref);
+    Py_CLEAR(p->w);
+}
+
+/* Registration lists are pruned when their length reaches a power of two (>= 8): amortized
+   constant work per view. A list append reallocates with PyMem (no collection). */
+static int
+register_in(PyObject *list, PyObject *ref)
+{
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n >= 8 && (n & (n - 1)) == 0 && prune(list) < 0)
+        return -1;
+    return PyList_Append(list, ref);
+}
+
+/* new_view(owner, holders, address, length, readonly): the generic form (tests, benchmarks). */
+static PyObject *
+new_view(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "new_view(owner, holders, address, length, readonly)");
+        return NULL;
+    }
+    PyObject *owner = args[0], *holders = args[1];
+    if (!PyTuple_Check(holders)) {
+        PyErr_SetString(PyExc_TypeError, "holders must be a tuple of lists");
+        return NULL;
+    }
+    Py_ssize_t nh = PyTuple_GET_SIZE(holders);
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        if (!PyList_CheckExact(PyTuple_GET_ITEM(holders, i))) {
+            PyErr_SetString(PyExc_TypeError, "holders must be a tuple of lists");
+            return NULL;
+        }
+    }
+    unsigned long long addr = PyLong_AsUnsignedLongLong(args[2]);
+    if (addr == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t length = PyLong_AsSsize_t(args[3]);
+    if (length == -1 && PyErr_Occurred())
+        return NULL;
+    if (length < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative length");
+        return NULL;
+    }
+    int readonly = PyObject_IsTrue(args[4]);
+    if (readonly < 0)
+        return NULL;
+    Prepared p;
+    if (view_prepare(&p, owner, addr, length, readonly) < 0)
+        return NULL;
+    for (Py_ssize_t i = 0; i < nh; i++) {
+        if (register_in(PyTuple_GET_ITEM(holders, i), p.ref) < 0) {
+            view_discard(&p);
+            return NULL;
+        }
+    }
+    PyObject *mv = p.mv;
+    p.mv = NULL;
+    view_discard(&p);
+    return mv;
+}
+
+static PyObject *
+live(PyObject *module, PyObject *lists)
+{
+    (void)module;
+    if (!PyTuple_Check(lists)) {
+        PyErr_SetString(PyExc_TypeError, "live() takes a tuple of lists");
+        return NULL;
+    }
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lists); i++) {
+        PyObject *list = PyTuple_GET_ITEM(lists, i);
+        if (!PyList_CheckExact(list)) {
+            PyErr_SetString(PyExc_TypeError, "live() takes a tuple of lists");
+            return NULL;
+        }
+        Py_ssize_t n = prune(list);
+        if (n < 0)
+            return NULL;
+        total += n;
+    }
+    return PyLong_FromSsize_t(total);
+}
+
+/* ======================================================================== injection ==== */
+
+/* aiopmem.testing.inject: each syscall the library makes first offers itself to the active
+ * injections of its kind, innermost first; the first one past its `after` count with `times`
+ * left takes it (sleeps `delay` seconds, then fails with `err`, or lets the call run when err
+ * is 0). The registry is read without the GIL (syscalls run without it) under inj_mu; an
+ * Injection is referenced by the registry while pushed, and a caller copies what it needs
+ * under the mutex, so nothing touches an Injection after it is popped. */
+enum { SC_MMAP, SC_MUNMAP, SC_MSYNC, SC_MADVISE, SC_OPEN, SC_FSTAT, SC_MPROTECT, SC_MLOCK,
+       SC_MUNLOCK, SC_COUNT };
+#define INJ_DEPTH 64
+
+typedef struct {
+    PyObject_HEAD
+    int sc;
+    int err;
+    double delay;
+    long long after, times, seen, fired;
+} Injection;
+
+static pthread_mutex_t inj_mu = PTHREAD_MUTEX_INITIALIZER;
+static Injection *inj_stack[SC_COUNT][INJ_DEPTH];
+static int inj_depth[SC_COUNT];
+static volatile int inj_active;
+
+static int
+injection_init(Injection *self, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"sc", "err", "delay", "after", "times", NULL};
+    int sc, err;
+    double delay;
+    long long after, times;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iidLL", names, &sc, &err, &delay, &after,
+                                     &times))
+        return -1;
+    if (sc < 0 || sc >= SC_COUNT || err < 0 || delay < 0 || after < 0 || times < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad injection");
+        return -1;
+    }
+    self->sc = sc;
+    self->err = err;
+    self->delay = delay;
+    self->after = after;
+    self->times = times;
+    self->seen = self->fired = 0;
+    return 0;
+}
+
+static PyMemberDef injection_members[] = {
+    {"delay", T_DOUBLE, offsetof(Injection, delay), READONLY, "seconds each call sleeps"},
+    {"after", T_LONGLONG, offsetof(Injection, after), READONLY, "calls let through first"},
+    {"times", T_LONGLONG, offsetof(Injection, times), READONLY, "calls changed at most"},
+    {"seen", T_LONGLONG, offsetof(Injection, seen), READONLY,
+     "calls of the syscall offered to this injection (skipped ones included)"},
+    {"fired", T_LONGLONG, offsetof(Injection, fired), READONLY,
+     "calls this injection delayed or failed"},
+    {NULL},
+};
+
+static PyTypeObject InjectionType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.InjectionBase",
+    .tp_basicsize = sizeof(Injection),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "One injection's settings and counters (see aiopmem.testing.inject).",
+    .tp_init = (initproc)injection_init,
+    .tp_new = PyType_GenericNew,
+    .tp_members = injection_members,
+};
+
+static PyObject *
+inject_push(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyObject_TypeCheck(arg, &InjectionType)) {
+        PyErr_SetString(PyExc_TypeError, "push() takes an Injection");
+        return NULL;
+    }
+    Injection *inj = (Injection *)arg;
+    int full;
+    pthread_mutex_lock(&inj_mu);
+    full = inj_depth[inj->sc] >= INJ_DEPTH;
+    if (!full) {
+        Py_INCREF(arg);
+        inj_stack[inj->sc][inj_depth[inj->sc]++] = inj;
+        inj_active++;
+    }
+    pthread_mutex_unlock(&inj_mu);
+    if (full) {
+        PyErr_SetString(PyExc_RuntimeError, "too many nested injections of one syscall");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+inject_pop(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyObject_TypeCheck(arg, &InjectionType)) {
+        PyErr_SetString(PyExc_TypeError, "pop() takes an Injection");
+        return NULL;
+    }
+    Injection *inj = (Injection *)arg;
+    int found = 0;
+    pthread_mutex_lock(&inj_mu);
+    int sc = inj->sc, n = inj_depth[sc];
+    for (int i = n - 1; i >= 0; i--) {
+        if (inj_stack[sc][i] == inj) {
+            memmove(&inj_stack[sc][i], &inj_stack[sc][i + 1], (size_t)(n - 1 - i) * sizeof(void *));
+            inj_depth[sc]--;
+            inj_active--;
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&inj_mu);
+    if (found)
+        Py_DECREF(arg);
+    Py_RETURN_NONE;
+}
+
+static void
+sleep_seconds(double s)
+{
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) && errno == EINTR)
+        ;
+}
+
+/* Offer one call of `sc` to the injections (GIL not needed, not held while sleeping): 0 to
+   make the call, or the errno to fail it with (EINTR: the caller retries, as for a real one). */
+static int
+inject_check(int sc)
+{
+    if (!inj_active)
+        return 0;
+    double delay = 0;
+    int err = 0, chosen = 0;
+    pthread_mutex_lock(&inj_mu);
+    for (int i = inj_depth[sc] - 1; i >= 0; i--) {
+        Injection *inj = inj_stack[sc][i];
+        inj->seen++;
+        if (inj->seen > inj->after && inj->fired < inj->times) {
+            inj->fired++;
+            delay = inj->delay;
+            err = inj->err;
+            chosen = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&inj_mu);
+    if (chosen && delay > 0)
+        sleep_seconds(delay);
+    return err;
+}
+
+/* intercept(sc) -> errno or 0: the seam for syscalls made from Python (open, fstat). */
+static PyObject *
+intercept(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    int sc = as_c_int(arg);
+    if (sc == -1 && PyErr_Occurred())
+        return NULL;
+    if (sc < 0 || sc >= SC_COUNT) {
+        PyErr_SetString(PyExc_ValueError, "unknown syscall");
+        return NULL;
+    }
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = inject_check(sc);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(err);
+}
+
+/* ========================================================================= syscalls ==== */
+
+/* Each returns 0 or the errno, read right after the call; EINTR (real or injected) is
+   retried: none of these calls has a partial effect when interrupted. Called without the GIL. */
+
+static int
+sys_mmap_fixed(uint64_t addr, uint64_t length, int prot, int flags, int fd, int64_t offset)
+{
+    for (;;) {
+        int e = inject_check(SC_MMAP);
+        if (e == EINTR)
+            continue;
+        if (e)
+            return e;
+        void *p = mmap((void *)(uintptr_t)addr, (size_t)length, prot, flags, fd, (off_t)offset);
+        if (p == MAP_FAILED) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if ((uintptr_t)p != addr) { /* a kernel before 4.17 took NOREPLACE as a hint */
+            munmap(p, (size_t)length);
+            return EEXIST;
+        }
+        return 0;
+    }
+}
+
+static int
+sys_mmap_anywhere(uint64_t length, int prot, int flags, uint64_t *addr)
+{
+    for (;;) {
+        int e = inject_check(SC_MMAP);
+        if (e == EINTR)
+            continue;
+        if (e)
+            return e;
+        void *p = mmap(NULL, (size_t)length, prot, flags, -1, 0);
+        if (p == MAP_FAILED) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        *addr = (uint64_t)(uintptr_t)p;
+        return 0;
+    }
+}
+
+static int
+sys_munmap(uint64_t addr, uint64_t length)
+{
+    for (;;) {
+        int e = inject_check(SC_MUNMAP);
+        if (e == EINTR)
+            continue;
+        if (e)
+            return e;
+        if (munmap((void *)(uintptr_t)addr, (size_t)length) == 0)
+            return 0;
+        if (errno != EINTR)
+            return errno;
+    }
+}
+
+static int
+sys_msync(uint64_t addr, uint64_t length, int flags)
+{
+    for (;;) {
+        int e = inject_check(SC_MSYNC);
+        if (e == EINTR)
+            continue;
+        if (e)
+            return e;
+        if (msync((void *)(uintptr_t)addr, (size_t)length, flags) == 0)
+            return 0;
+        if (errno != EINTR)
+            return errno;
+    }
+}
+
+/* ======================================================================== placement ==== */
+
+/* A placeholder: anonymous, private, PROT_NONE, MAP_NORESERVE (see _core/_placement.py). */
+#define PH_FLAGS (MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+#define PH_FIXED (PH_FLAGS | MAP_FIXED)
+#define PH_NOREPLACE (PH_FLAGS | MAP_FIXED_NOREPLACE)
+
+static uint64_t page_size;
+static uint64_t page_mask;
+
+static uint64_t
+align_down(uint64_t x)
+{
+    return x & ~page_mask;
+}
+
+/* Lay a placeholder exactly over [addr, addr+length) where nothing is mapped: 0, EEXIST if any
+   of it is in use, or the kernel's errno. */
+static int
+fill_hole(uint64_t addr, uint64_t length)
+{
+    return sys_mmap_fixed(addr, length, PROT_NONE, PH_NOREPLACE, -1, 0);
+}
+
+/* Whether [lo, hi) is entirely mapped (by anything), read from /proc/self/maps. -1 if it
+   cannot be read. Used only on failure paths. */
+static int
+covered(uint64_t lo, uint64_t hi)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (f == NULL)
+        return -1;
+    char line[512];
+    uint64_t pos = lo;
+    int result = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long s, e;
+        if (sscanf(line, "%llx-%llx", &s, &e) != 2)
+            continue;
+        if (s > pos)
+            break;
+        if (e > pos)
+            pos = e;
+        if (pos >= hi) {
+            result = 1;
+            break;
+        }
+    }
+    fclose(f);
+    return result;
+}
+
+/* Take up to `wanted` bytes of free space at `end` (halving on every refusal, down to none).
+   Returns 0 and the amount, or an errno other than EEXIST/ENOMEM. */
+static int
+take_headroom_after(uint64_t end, uint64_t wanted, uint64_t *got)
+{
+    u128 room = ((u128)1 << 64) - end;
+    uint64_t amount = align_down((u128)wanted < room ? wanted : (uint64_t)(room - 1));
+    *got = 0;
+    while (amount >= page_size) {
+        int e = fill_hole(end, amount);
+        if (e == 0) {
+            *got = amount;
+            return 0;
+        }
+        if (e != EEXIST && e != ENOMEM)
+            return e;
+        amount = align_down(amount / 2);
+    }
+    return 0;
+}
+
+/* Take `size` bytes anywhere plus up to `wanted` of headroom behind them. */
+static int
+take_range_with_headroom(uint64_t size, uint64_t wanted, uint64_t *addr, uint64_t *held)
+{
+    u128 room = ((u128)1 << 64) - page_size - size;
+    uint64_t amount = align_down((u128)wanted < room ? wanted : (uint64_t)room);
+    for (;;) {
+        int e = sys_mmap_anywhere(size + amount, PROT_NONE, PH_FLAGS, addr);
+        if (e == 0) {
+            *held = size + amount;
+            return 0;
+        }
+        if (e != ENOMEM || amount == 0)
+            return e;
+        amount = align_down(amount / 2);
+        if (amount < page_size)
+            amount = 0;
+    }
+}
+
+/* ============================================================================= gate ==== */
+
+/* Tickets: a thread that waits for admission on behalf of an async caller carries one (set
+   by the worker around the call); Ticket.abandon() (the caller was cancelled) wakes it and
+   the wait backs out: the operation did not start. */
+typedef struct Core Core;
+
+typedef struct {
+    PyObject_HEAD
+    int abandoned;
+    Core *waiting_on; /* borrowed: set only while its thread sleeps in that core's gate */
+} Ticket;
+
+static PyObject *AbandonedError;
+static __thread PyObject *current_ticket;
+
+/* =========================================================================== state ==== */
+
+enum { ST_OPEN = 0, ST_UNMAPPING = 1, ST_CLOSED = 2, ST_NEW = 3 };
+enum { E_MAPPED = 0, E_CLAIM = 1, E_HOLE = 2 };
+enum { GRAN_BYTE = 0, GRAN_CACHE_LINE = 1, GRAN_PAGE = 2 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *weakreflist;
+    PyObject *facade;
+    PyObject *rsv;
+    PyObject *views; /* weak references to every window over this memory */
+    PyObject *file;
+    PyObject *protection;
+    PyObject *sharing;
+    unsigned long long addr, size, span, file_offset;
+    int state;
+    int gran;
+    int bits; /* PROT_* of the mapping */
+    long pins; /* persist() calls in flight */
+} MapObj;
+
+typedef struct {
+    uint64_t start, end;
+    MapObj *m; /* strong reference for E_MAPPED, NULL otherwise */
+    int kind;
+} Entry;
+
+struct Core {
+    PyObject_HEAD
+    PyObject *weakreflist;
+    PyObject *facade;
+    unsigned long long address, size, max_size;
+    int closed;
+    /* gate (phase-fair; see _core/_gate.py for the policy) */
+    long shared, waiting, queued, sleepers;
+    int exclusive;
+    unsigned long long phase;
+    unsigned long long excl_done, shared_admitted;
+    long long over_shared, over_excl, shared_waits, excl_waits;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned long long gen;
+    /* index: sorted by start, disjoint */
+    Entry *ents;
+    Py_ssize_t n, cap;
+    Py_ssize_t nholes;
+    /* bumped by every change a view depends on */
+    unsigned long long version;
+};
+
+static PyTypeObject CoreType;
+static PyTypeObject MapType;
+
+/* -- index --------------------------------------------------------------------------------- */
+
+/* Position of the first entry whose end is > x. */
+static Py_ssize_t
+first_ending_after(Core *c, uint64_t x)
+{
+    Py_ssize_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (c->ents[mid].end > x)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* Position of the entry starting exactly at x, or -1. */
+static Py_ssize_t
+at(Core *c, uint64_t x)
+{
+    Py_ssize_t i = first_ending_after(c, x);
+    return i < c->n && c->ents[i].start == x ? i : -1;
+}
+
+static int
+overlaps(Core *c, uint64_t lo, uint64_t hi)
+{
+    Py_ssize_t i = first_ending_after(c, lo);
+    return i < c->n && c->ents[i].start < hi;
+}
+
+/* Room for one more entry, reserved before a transition starts (PyMem_Raw: no collection). */
+static int
+index_reserve(Core *c)
+{
+    if (c->n < c->cap)
+        return 0;
+    Py_ssize_t cap = c->cap ? c->cap * 2 : 16;
+    Entry *e = PyMem_RawRealloc(c->ents, (size_t)cap * sizeof(Entry));
+    if (e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->ents = e;
+    c->cap = cap;
+    return 0;
+}
+
+/* Insert at its place; room must be reserved and the range free. */
+static void
+index_insert(Core *c, uint64_t lo, uint64_t hi, MapObj *m, int kind)
+{
+    Py_ssize_t i = first_ending_after(c, lo);
+    memmove(&c->ents[i + 1], &c->ents[i], (size_t)(c->n - i) * sizeof(Entry));
+    c->ents[i].start = lo;
+    c->ents[i].end = hi;
+    c->ents[i].m = m;
+    c->ents[i].kind = kind;
+    c->n++;
+    if (kind == E_HOLE)
+        c->nholes++;
+}
+
+/* Remove entry i; returns its mapping reference (to be released once the state is whole). */
+static MapObj *
+index_remove_at(Core *c, Py_ssize_t i)
+{
+    MapObj *m = c->ents[i].m;
+    if (c->ents[i].kind == E_HOLE)
+        c->nholes--;
+    memmove(&c->ents[i], &c->ents[i + 1], (size_t)(c->n - i - 1) * sizeof(Entry));
+    c->n--;
+    return m;
+}
+
+/* -- gate ---------------------------------------------------------------------------------- */
+
+static void
+gate_wake(Core *c)
+{
+    if (c->sleepers) {
+        pthread_mutex_lock(&c->mu);
+        c->gen++;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+/* Sleep until some state changes (or 50 ms pass, to take signals). -1 with an exception set
+   if this thread's caller was cancelled (Abandoned) or a signal handler raised. */
+static int
+gate_wait(Core *c)
+{
+    Ticket *t = (Ticket *)current_ticket;
+    if (t != NULL && t->abandoned) {
+        PyErr_SetString(AbandonedError,
+                        "the caller was cancelled while the operation waited its turn");
+        return -1;
+    }
+    unsigned long long g = c->gen;
+    c->sleepers++;
+    if (t != NULL)
+        t->waiting_on = c;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&c->mu);
+    while (c->gen == g) {
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+    c->sleepers--;
+    if (t != NULL) {
+        t->waiting_on = NULL;
+        if (t->abandoned) {
+            PyErr_SetString(AbandonedError,
+                            "the caller was cancelled while the operation waited its turn");
+            return -1;
+        }
+    }
+    return PyErr_CheckSignals();
+}
+
+static void
+admit_queued(Core *c)
+{
+    if (c->queued) {
+        c->shared += c->queued;
+        c->shared_admitted += (unsigned long long)c->queued;
+        c->queued = 0;
+        c->phase++;
+        gate_wake(c);
+    }
+}
+
+static int
+try_enter_shared(Core *c)
+{
+    if (c->exclusive || c->waiting)
+        return 0;
+    c->shared++;
+    c->shared_admitted++;
+    return 1;
+}
+
+static void
+leave_shared(Core *c)
+{
+    c->shared--;
+    if (!c->shared)
+        gate_wake(c);
+}
+
+/* For an operation another may wait on (an unmap or a persist of a mapping). */
+static void
+leave_shared_waking(Core *c)
+{
+    c->shared--;
+    gate_wake(c);
+}
+
+static int
+enter_shared(Core *c)
+{
+    if (try_enter_shared(c))
+        return 0;
+    unsigned long long phase = c->phase, start = c->excl_done;
+    c->queued++;
+    while (c->phase == phase) {
+        if (gate_wait(c) < 0) {
+            if (c->phase == phase)
+                c->queued--;
+            else /* admitted meanwhile: give the place back */
+                leave_shared(c);
+            return -1;
+        }
+    }
+    long long over = (long long)(c->excl_done - start);
+    c->shared_waits++;
+    if (over > c->over_shared)
+        c->over_shared = over;
+    return 0;
+}
+
+static int
+enter_exclusive(Core *c)
+{
+    int waited = c->exclusive || c->shared;
+    unsigned long long start = c->shared_admitted;
+    c->waiting++;
+    while (c->exclusive || c->shared) {
+        if (gate_wait(c) < 0) {
+            c->waiting--;
+            if (!c->waiting && !c->exclusive)
+                admit_queued(c);
+            return -1;
+        }
+    }
+    c->waiting--;
+    c->exclusive = 1;
+    if (waited) {
+        c->excl_waits++;
+        long long over = (long long)(c->shared_admitted - start);
+        if (over > c->over_excl)
+            c->over_excl = over;
+    }
+    return 0;
+}
+
+static void
+leave_exclusive(Core *c)
+{
+    c->exclusive = 0;
+    c->excl_done++;
+    if (c->queued)
+        admit_queued(c);
+    else
+        gate_wake(c);
+}
+
+/* Admission of an exclusive operation: 1 admitted, 0 the reservation is closed, -1 error. */
+static int
+admit_exclusive(Core *c)
+{
+    if (c->closed)
+        return 0;
+    if (enter_exclusive(c) < 0)
+        return -1;
+    if (c->closed) {
+        leave_exclusive(c);
+        return 0;
+    }
+    return 1;
+}
+
+/* Codes returned to Python, which raises the documented exception for each. */
+enum {
+    C_CLOSED = -1,
+    C_OFF_UNALIGNED = -2,
+    C_OFF_NEGATIVE = -3,
+    C_NO_FIT = -4,
+    C_EXISTS = -5,
+    C_MID = -7,
+    C_WHOLE = -8,
+    C_OFF_RANGE = -9,
+    C_LEN_NONPOS = -10,
+    C_LEN_PAST = -11,
+    C_NOT_EMPTY = -12,
+    C_PAST_ASPACE = -13,
+    C_EXTEND_EXISTS = -14,
+    C_HOLE_NOTED = -20,   /* succeeded (or failed with HOLE_BIT), but left a hole: warn */
+    C_BUSY_BASE = -1000, /* -1000 - n: n views alive */
+};
+#define HOLE_BIT (1 << 24)
+
+/* Re-take every hole (exclusive admission held; GIL released around the syscalls). */
+static void
+repair_holes(Core *c)
+{
+    if (!c->nholes)
+        return;
+    Py_ssize_t nh = 0;
+    uint64_t (*holes)[2] = PyMem_RawMalloc((size_t)c->nholes * sizeof *holes);
+    if (holes == NULL)
+        return; /* repaired next time */
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        if (c->ents[i].kind == E_HOLE) {
+            holes[nh][0] = c->ents[i].start;
+            holes[nh][1] = c->ents[i].end;
+            nh++;
+        }
+    int *ok = PyMem_RawCalloc((size_t)nh, sizeof(int));
+    if (ok == NULL) {
+        PyMem_RawFree(holes);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < nh; k++)
+        ok[k] = fill_hole(holes[k][0], holes[k][1] - holes[k][0]) == 0;
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < nh; k++) {
+        if (ok[k]) {
+            Py_ssize_t i = at(c, holes[k][0]);
+            if (i >= 0 && c->ents[i].kind == E_HOLE)
+                index_remove_at(c, i);
+        }
+    }
+    c->version++;
+    PyMem_RawFree(ok);
+    PyMem_RawFree(holes);
+}
+
+static Py_ssize_t
+live_of(MapObj *m)
+{
+    return prune(m->views);
+}
+
+/* -- map ----------------------------------------------------------------------------------- */
+
+/* The MAP_SYNC verdict by device (st_dev): learned from the first shared map of a file on a
+   device, then reused (on a non-DAX file system the refused attempt would cost a syscall on
+   every map). Read and written with the GIL held. */
+#define DEV_CACHE 64
+static struct {
+    unsigned long long dev;
+    int sync;
+} dev_cache[DEV_CACHE];
+static int dev_cached;
+
+static int
+dev_sync(unsigned long long dev)
+{
+    for (int i = 0; i < dev_cached; i++)
+        if (dev_cache[i].dev == dev)
+            return dev_cache[i].sync;
+    return -1;
+}
+
+static void
+dev_learn(unsigned long long dev, int sync)
+{
+    for (int i = 0; i < dev_cached; i++)
+        if (dev_cache[i].dev == dev) {
+            dev_cache[i].sync = sync;
+            return;
+        }
+    if (dev_cached < DEV_CACHE) {
+        dev_cache[dev_cached].dev = dev;
+        dev_cache[dev_cached].sync = sync;
+        dev_cached++;
+    }
+}
+
+enum { K_FILE_SHARED = 0, K_FILE_PRIVATE = 1, K_ANON_SHARED = 2, K_ANON_PRIVATE = 3 };
+static const int kind_flags[4] = {
+    MAP_SHARED | MAP_FIXED,
+    MAP_PRIVATE | MAP_FIXED,
+    MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+};
+
+/* _map(cls, offset, length, bits, kind, fd, file_offset, dev, protection, sharing, file)
+   -> the new open mapping (an instance of cls), or an int code / errno (| HOLE_BIT). */
+static PyObject *
+core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long offset, file_offset;
+    unsigned long long length, dev;
+    int bits, kind, fd;
+    if (nargs != 11 || !PyType_Check(args[0]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], &MapType)) {
+        PyErr_SetString(PyExc_TypeError, "_map: bad arguments");
+        return NULL;
+    }
+    offset = PyLong_AsLongLong(args[1]);
+    length = PyLong_AsUnsignedLongLong(args[2]);
+    bits = as_c_int(args[3]);
+    kind = as_c_int(args[4]);
+    fd = as_c_int(args[5]);
+    file_offset = PyLong_AsLongLong(args[6]);
+    dev = PyLong_AsUnsignedLongLong(args[7]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (kind < 0 || kind > 3 || length == 0) {
+        PyErr_SetString(PyExc_ValueError, "_map: bad arguments");
+        return NULL;
+    }
+    uint64_t span = (length + page_mask) & ~page_mask;
+    if (span < length)
+        span = UINT64_MAX & ~page_mask; /* cannot fit: refused below */
+    /* Everything that allocates comes first. */
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    MapObj *m = (MapObj *)cls->tp_alloc(cls, 0);
+    if (m == NULL)
+        return NULL;
+    m->views = PyList_New(0);
+    if (m->views == NULL || index_reserve(c) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(c);
+    m->rsv = (PyObject *)c;
+    Py_INCREF(args[8]);
+    m->protection = args[8];
+    Py_INCREF(args[9]);
+    m->sharing = args[9];
+    Py_INCREF(args[10]);
+    m->file = args[10];
+    m->size = length;
+    m->span = span;
+    m->bits = bits;
+    m->file_offset = (unsigned long long)file_offset;
+    m->state = ST_NEW;
+
+    /* Admission and the claim. */
+    long code = 0;
+    if (c->closed) {
+        code = C_CLOSED;
+        goto out;
+    }
+    if (enter_shared(c) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (c->closed)
+        code = C_CLOSED;
+    else if (offset & (long long)page_mask)
+        code = C_OFF_UNALIGNED;
+    else if (offset < 0)
+        code = C_OFF_NEGATIVE;
+    else if ((u128)(uint64_t)offset + span > c->size)
+        code = C_NO_FIT;
+    else if (overlaps(c, c->address + (uint64_t)offset, c->address + (uint64_t)offset + span))
+        code = C_EXISTS;
+    else if (index_reserve(c) < 0) { /* cannot fail: reserved above, nothing inserted since */
+        leave_shared(c);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (code) {
+        leave_shared(c);
+        goto out;
+    }
+    uint64_t addr = c->address + (uint64_t)offset;
+    index_insert(c, addr, addr + span, NULL, E_CLAIM);
+    m->addr = addr;
+
+    /* The syscalls, with the claim held. */
+    int sync = kind == K_FILE_SHARED ? dev_sync(dev) : -1;
+    int err = 0, learned = -1, gran = GRAN_BYTE, hole = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (kind == K_FILE_SHARED) {
+        gran = GRAN_PAGE;
+        if (sync != 0) {
+            err = sys_mmap_fixed(addr, length, bits, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED,
+                                 fd, file_offset);
+            if (!err) {
+                learned = 1;
+                gran = GRAN_CACHE_LINE;
+            }
+            else if (err == EOPNOTSUPP || err == EINVAL)
+                learned = 0;
+        }
+        if (sync == 0 || err)
+            err = sys_mmap_fixed(addr, length, bits, kind_flags[kind], fd, file_offset);
+    }
+    else
+        err = sys_mmap_fixed(addr, length, bits, kind_flags[kind], fd, file_offset);
+    if (err) {
+        /* Current kernels leave the old placeholder in place when a MAP_FIXED mmap fails;
+           older ones could leave a hole. A NOREPLACE placeholder tells the two apart. */
+        int e = fill_hole(addr, span);
+        if (e && e != EEXIST && covered(addr, addr + span) != 1)
+            hole = 1;
+    }
+    Py_END_ALLOW_THREADS
+
+    /* Commit or drop the claim. */
+    if (learned >= 0)
+        dev_learn(dev, learned);
+    Py_ssize_t i = at(c, addr);
+    if (err) {
+        if (hole) {
+            c->ents[i].kind = E_HOLE;
+            c->nholes++;
+        }
+        else
+            index_remove_at(c, i);
+        leave_shared(c);
+        code = err | (hole ? HOLE_BIT : 0);
+        goto out;
+    }
+    m->gran = gran;
+    m->state = ST_OPEN;
+    Py_INCREF(m);
+    c->ents[i].m = m;
+    c->ents[i].kind = E_MAPPED;
+    c->version++;
+    leave_shared(c);
+    return (PyObject *)m;
+out:
+    Py_DECREF(m);
+    return PyLong_FromLong(code);
+}
+
+static MapObj *
+as_mapping(Core *c, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &MapType) || ((MapObj *)arg)->rsv != (PyObject *)c) {
+        PyErr_SetString(PyExc_TypeError, "not a mapping of this reservation");
+        return NULL;
+    }
+    return (MapObj *)arg;
+}
+
+/* -- unmap --------------------------------------------------------------------------------- */
+
+/* _unmap(m) -> 0, C_HOLE_NOTED (done, but the range could only be freed), a busy code, or the
+   errno of a refusal (nothing changed). Waits for a persist in flight. */
+static PyObject *
+core_unmap(Core *c, PyObject *arg)
+{
+    MapObj *m = as_mapping(c, arg);
+    if (m == NULL)
+        return NULL;
+    if (m->state != ST_OPEN || m->pins || !try_enter_shared(c)) {
+        if (m->state == ST_CLOSED)
+            return PyLong_FromLong(0);
+        if (enter_shared(c) < 0)
+            return NULL;
+        while (m->state == ST_UNMAPPING || m->pins) {
+            if (gate_wait(c) < 0) {
+                leave_shared_waking(c);
+                return NULL;
+            }
+        }
+        if (m->state == ST_CLOSED) {
+            leave_shared(c);
+            return PyLong_FromLong(0);
+        }
+    }
+    Py_ssize_t alive = live_of(m);
+    if (alive != 0) {
+        leave_shared(c);
+        if (alive < 0)
+            return NULL;
+        return PyLong_FromSsize_t(C_BUSY_BASE - alive);
+    }
+    m->state = ST_UNMAPPING;
+    c->version++;
+    uint64_t addr = m->addr, span = m->span;
+    int err, hole = 0;
+    Py_BEGIN_ALLOW_THREADS
+    err = sys_mmap_fixed(addr, span, PROT_NONE, PH_FIXED, -1, 0);
+    if (err == ENOMEM) {
+        /* At the VMA limit the kernel refuses the overlay (it needs an extra VMA for a moment)
+           while munmap + a NOREPLACE placeholder (which merges) goes through. Between the two
+           the range is free: if something else takes it, it becomes a hole. */
+        err = sys_munmap(addr, span);
+        if (!err && fill_hole(addr, span))
+            hole = 1;
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        m->state = ST_OPEN;
+        leave_shared_waking(c);
+        return PyLong_FromLong(err);
+    }
+    Py_ssize_t i = at(c, addr);
+    MapObj *ref = NULL;
+    if (hole) { /* stays in the index, invisible, until repaired */
+        ref = c->ents[i].m;
+        c->ents[i].m = NULL;
+        c->ents[i].kind = E_HOLE;
+        c->nholes++;
+    }
+    else
+        ref = index_remove_at(c, i);
+    m->state = ST_CLOSED;
+    c->version++;
+    leave_shared_waking(c);
+    Py_XDECREF(ref); /* the caller still holds m: nothing is freed here */
+    return PyLong_FromLong(hole ? C_HOLE_NOTED : 0);
+}
+
+/* -- persist ------------------------------------------------------------------------------- */
+
+/* _persist(m, start, end) -> 0, C_CLOSED (the mapping is unmapped), or msync's errno. */
+static PyObject *
+core_persist(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "_persist(m, start, end)");
+    MapObj *m = as_mapping(c, args[0]);
+    if (m == NULL)
+        return NULL;
+    unsigned long long start = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long end = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (m->state != ST_OPEN)
+        return PyLong_FromLong(C_CLOSED);
+    if (enter_shared(c) < 0)
+        return NULL;
+    if (m->state != ST_OPEN) {
+        leave_shared(c);
+        return PyLong_FromLong(C_CLOSED);
+    }
+    m->pins++;
+    int err = 0;
+    if (end > start) {
+        Py_BEGIN_ALLOW_THREADS
+        err = sys_msync(start, end - start, MS_SYNC);
+        Py_END_ALLOW_THREADS
+    }
+    m->pins--;
+    if (m->pins)
+        leave_shared(c);
+    else /* an unmap may wait for the last one */
+        leave_shared_waking(c);
+    return PyLong_FromLong(err);
+}
+
+/* -- extend / shrink ----------------------------------------------------------------------- */
+
+static PyObject *
+core_extend(Core *c, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    int a = admit_exclusive(c);
+    if (a <= 0)
+        return a < 0 ? NULL : PyLong_FromLong(C_CLOSED);
+    repair_holes(c);
+    long code = 0;
+    u128 new_size = (u128)c->size + n;
+    if ((u128)c->address + new_size > ((u128)1 << 64))
+        code = C_PAST_ASPACE;
+    else if (new_size > c->max_size) {
+        uint64_t end = c->address + c->max_size;
+        uint64_t len = (uint64_t)(c->address + new_size - end);
+        int e;
+        Py_BEGIN_ALLOW_THREADS
+        e = fill_hole(end, len);
+        Py_END_ALLOW_THREADS
+        if (e == EEXIST)
+            code = C_EXTEND_EXISTS;
+        else if (e)
+            code = e;
+        else
+            c->size = c->max_size = (uint64_t)new_size;
+    }
+    else
+        c->size = (uint64_t)new_size;
+    c->version++;
+    leave_exclusive(c);
+    return PyLong_FromLong(code);
+}
+
+/* _shrink(offset, size): offset and size come aligned and within int64 (Python checks). */
+static PyObject *
+core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_shrink(offset, size)");
+    long long off = PyLong_AsLongLong(args[0]);
+    long long n = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    int a = admit_exclusive(c);
+    if (a <= 0)
+        return a < 0 ? NULL : PyLong_FromLong(C_CLOSED);
+    long code = 0;
+    uint64_t cur = c->size;
+    if (off < 0 || (uint64_t)off >= cur)
+        code = C_OFF_RANGE;
+    else if (n <= 0)
+        code = C_LEN_NONPOS;
+    else if ((u128)(uint64_t)off + (uint64_t)n > cur)
+        code = C_LEN_PAST;
+    else if (off != 0 && (uint64_t)off + (uint64_t)n != cur)
+        code = C_MID;
+    else if (off == 0 && (uint64_t)n == cur)
+        code = C_WHOLE;
+    if (!code) {
+        repair_holes(c);
+        uint64_t lo = c->address + (uint64_t)off;
+        if (overlaps(c, lo, lo + (uint64_t)n))
+            code = C_NOT_EMPTY;
+        else if (off == 0) {
+            int e;
+            Py_BEGIN_ALLOW_THREADS
+            e = sys_munmap(lo, (uint64_t)n);
+            Py_END_ALLOW_THREADS
+            if (e)
+                code = e;
+            else {
+                c->address += (uint64_t)n;
+                c->size -= (uint64_t)n;
+                c->max_size -= (uint64_t)n;
+            }
+        }
+        else
+            c->size -= (uint64_t)n;
+        c->version++;
+    }
+    leave_exclusive(c);
+    return PyLong_FromLong(code);
+}
+
+/* -- close --------------------------------------------------------------------------------- */
+
+/* Release everything except holes (something else may live there now). On a failed munmap:
+   the pieces released before it become holes, the mappings in them stay closed, the others
+   open again; returns the errno. */
+static PyObject *
+core_close(Core *c, PyObject *unused)
+{
+    (void)unused;
+    int a = admit_exclusive(c);
+    if (a <= 0)
+        return a < 0 ? NULL : PyLong_FromLong(0);
+    repair_holes(c);
+    Py_ssize_t alive = 0;
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        if (c->ents[i].kind == E_MAPPED) {
+            Py_ssize_t k = live_of(c->ents[i].m);
+            if (k < 0) {
+                leave_exclusive(c);
+                return NULL;
+            }
+            alive += k;
+        }
+    }
+    if (alive) {
+        leave_exclusive(c);
+        return PyLong_FromSsize_t(C_BUSY_BASE - alive);
+    }
+    /* The pieces to release, and room for the holes a failure would leave (before anything
+       changes: a failed allocation leaves the reservation as it was). */
+    Py_ssize_t np = 0;
+    uint64_t (*pieces)[2] = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *pieces);
+    if (pieces == NULL) {
+        PyMem_RawFree(pieces);
+        leave_exclusive(c);
+        return PyErr_NoMemory();
+    }
+    uint64_t pos = c->address, end = c->address + c->max_size;
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        if (c->ents[i].kind != E_HOLE)
+            continue;
+        if (c->ents[i].start > pos) {
+            pieces[np][0] = pos;
+            pieces[np][1] = c->ents[i].start;
+            np++;
+        }
+        pos = c->ents[i].end;
+    }
+    if (end > pos) {
+        pieces[np][0] = pos;
+        pieces[np][1] = end;
+        np++;
+    }
+    Py_ssize_t spare_cap = c->n + np + 1;
+    Entry *spare = PyMem_RawMalloc((size_t)spare_cap * sizeof(Entry));
+    if (spare == NULL) {
+        PyMem_RawFree(pieces);
+        leave_exclusive(c);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        if (c->ents[i].kind == E_MAPPED)
+            c->ents[i].m->state = ST_CLOSED; /* no new view while the memory goes away */
+    c->version++;
+    Py_ssize_t done = 0;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; done < np; done++) {
+        err = sys_munmap(pieces[done][0], pieces[done][1] - pieces[done][0]);
+        if (err)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    /* Build the new index in `spare`: references to drop are collected in the old array. */
+    Py_ssize_t nn = 0, ndrop = 0;
+    Entry *old = c->ents;
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        Entry e = old[i];
+        int released = 0;
+        if (err) {
+            for (Py_ssize_t k = 0; k < done; k++)
+                if (e.start >= pieces[k][0] && e.start < pieces[k][1])
+                    released = 1;
+        }
+        else
+            released = 1;
+        if (released) {
+            if (e.kind == E_MAPPED)
+                old[ndrop++].m = e.m; /* ndrop <= i: overwrites only entries already read */
+            continue;
+        }
+        if (e.kind == E_MAPPED)
+            e.m->state = ST_OPEN;
+        spare[nn++] = e;
+    }
+    if (err) { /* released pieces become holes, in order */
+        for (Py_ssize_t k = 0; k < done; k++) {
+            Py_ssize_t j = nn;
+            while (j > 0 && spare[j - 1].start >= pieces[k][1])
+                j--;
+            memmove(&spare[j + 1], &spare[j], (size_t)(nn - j) * sizeof(Entry));
+            spare[j].start = pieces[k][0];
+            spare[j].end = pieces[k][1];
+            spare[j].m = NULL;
+            spare[j].kind = E_HOLE;
+            nn++;
+        }
+    }
+    c->ents = spare;
+    c->n = nn;
+    c->cap = spare_cap;
+    c->nholes = 0;
+    for (Py_ssize_t i = 0; i < nn; i++)
+        if (spare[i].kind == E_HOLE)
+            c->nholes++;
+    if (!err)
+        c->closed = 1;
+    c->version++;
+    leave_exclusive(c);
+    for (Py_ssize_t k = 0; k < ndrop; k++)
+        Py_DECREF(old[k].m);
+    PyMem_RawFree(old);
+    PyMem_RawFree(pieces);
+    return PyLong_FromLong(err);
+}
+
+/* -- views --------------------------------------------------------------------------------- */
+
+/* _mview(m, offset, length, readonly) -> memoryview, or C_CLOSED. Ranges checked by Python. */
+static PyObject *
+core_mview(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4)
+        return PyErr_Format(PyExc_TypeError, "_mview(m, offset, length, readonly)");
+    MapObj *m = as_mapping(c, args[0]);
+    if (m == NULL)
+        return NULL;
+    unsigned long long off = PyLong_AsUnsignedLongLong(args[1]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    int readonly = PyObject_IsTrue(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (m->state != ST_OPEN)
+        return PyLong_FromLong(C_CLOSED);
+    Prepared p;
+    if (view_prepare(&p, (PyObject *)c, m->addr + off, n, readonly) < 0)
+        return NULL;
+    /* The allocations may have run other code: check again, then register (no allocation
+       that can collect happens from here on). */
+    if (m->state != ST_OPEN) {
+        view_discard(&p);
+        return PyLong_FromLong(C_CLOSED);
+    }
+    if (register_in(m->views, p.ref) < 0) {
+        view_discard(&p);
+        return NULL;
+    }
+    PyObject *mv = p.mv;
+    p.mv = NULL;
+    view_discard(&p);
+    return mv;
+}
+
+/* _rview(lo, hi) -> memoryview over [lo, hi) (absolute), or ("gap", pos, gap_end), or
+   ("noread", mapping). Offsets checked by Python. */
+static PyObject *
+core_rview(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_rview(lo, hi)");
+    unsigned long long lo = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long hi = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    for (;;) {
+        if (c->closed)
+            return PyLong_FromLong(C_CLOSED);
+        unsigned long long version = c->version;
+        uint64_t pos = lo, gap_end = hi;
+        int readonly = 0;
+        Py_ssize_t first = first_ending_after(c, lo), last = first;
+        for (Py_ssize_t i = first; i < c->n && c->ents[i].start < hi; i++) {
+            Entry *e = &c->ents[i];
+            if (e->start > pos) {
+                gap_end = e->start;
+                break;
+            }
+            if (e->kind != E_MAPPED || e->m->state != ST_OPEN) {
+                gap_end = e->end;
+                break;
+            }
+            pos = e->end;
+            last = i + 1;
+        }
+        if (pos < hi)
+            return Py_BuildValue("sKK", "gap", (unsigned long long)pos,
+                                 (unsigned long long)(gap_end < hi ? gap_end : hi));
+        for (Py_ssize_t i = first; i < last; i++) {
+            int bits = c->ents[i].m->bits;
+            if (!(bits & PROT_READ))
+                return Py_BuildValue("sO", "noread", (PyObject *)c->ents[i].m);
+            if (!(bits & PROT_WRITE))
+                readonly = 1;
+        }
+        Prepared p;
+        if (view_prepare(&p, (PyObject *)c, lo, (Py_ssize_t)(hi - lo), readonly) < 0)
+            return NULL;
+        if (c->version != version || c->closed) {
+            view_discard(&p);
+            continue; /* the allocations ran code that changed the mappings: start over */
+        }
+        for (Py_ssize_t i = first; i < last; i++) {
+            if (register_in(c->ents[i].m->views, p.ref) < 0) {
+                view_discard(&p);
+                return NULL;
+            }
+        }
+        PyObject *mv = p.mv;
+        p.mv = NULL;
+        view_discard(&p);
+        return mv;
+    }
+}
+
+/* -- lookups ------------------------------------------------------------------------------- */
+
+static PyObject *
+ret_map(Core *c, Py_ssize_t i)
+{
+    if (i < 0 || i >= c->n)
+        Py_RETURN_NONE;
+    Py_INCREF(c->ents[i].m);
+    return (PyObject *)c->ents[i].m;
+}
+
+/* _find(lo, hi): the lowest mapping intersecting [lo, hi) (absolute). */
+static PyObject *
+core_find(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_find(lo, hi)");
+    unsigned long long lo = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long hi = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (c->closed)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = first_ending_after(c, lo); i < c->n && c->ents[i].start < hi; i++)
+        if (c->ents[i].kind == E_MAPPED)
+            return ret_map(c, i);
+    Py_RETURN_NONE;
+}
+
+/* _step(m, direction): the mapping before (-1) or after (+1) m, or None. */
+static PyObject *
+core_step(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_step(m, direction)");
+    MapObj *m = as_mapping(c, args[0]);
+    long d = PyLong_AsLong(args[1]);
+    if (m == NULL || PyErr_Occurred())
+        return NULL;
+    if (c->closed || m->state == ST_CLOSED || m->state == ST_NEW)
+        Py_RETURN_NONE;
+    Py_ssize_t i = at(c, m->addr);
+    if (i < 0)
+        Py_RETURN_NONE;
+    for (i += d; i >= 0 && i < c->n; i += d)
+        if (c->ents[i].kind == E_MAPPED)
+            return ret_map(c, i);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+core_edge(Core *c, PyObject *arg)
+{
+    long d = PyLong_AsLong(arg);
+    if (d == -1 && PyErr_Occurred())
+        return NULL;
+    if (c->closed)
+        Py_RETURN_NONE;
+    if (d > 0) {
+        for (Py_ssize_t i = c->n - 1; i >= 0; i--)
+            if (c->ents[i].kind == E_MAPPED)
+                return ret_map(c, i);
+    }
+    else {
+        for (Py_ssize_t i = 0; i < c->n; i++)
+            if (c->ents[i].kind == E_MAPPED)
+                return ret_map(c, i);
+    }
+    Py_RETURN_NONE;
+}
+
+/* _values() -> list of the mappings in address order (a consistent snapshot). */
+static PyObject *
+core_values(Core *c, PyObject *unused)
+{
+    (void)unused;
+    for (;;) {
+        if (c->closed)
+            return PyList_New(0);
+        Py_ssize_t k = 0;
+        for (Py_ssize_t i = 0; i < c->n; i++)
+            k += c->ents[i].kind == E_MAPPED;
+        unsigned long long version = c->version;
+        PyObject *list = PyList_New(k);
+        if (list == NULL)
+            return NULL;
+        if (c->version != version) { /* the allocation ran code that changed the index */
+            Py_DECREF(list);
+            continue;
+        }
+        Py_ssize_t j = 0;
+        for (Py_ssize_t i = 0; i < c->n; i++)
+            if (c->ents[i].kind == E_MAPPED) {
+                Py_INCREF(c->ents[i].m);
+                PyList_SET_ITEM(list, j++, (PyObject *)c->ents[i].m);
+            }
+        return list;
+    }
+}
+
+/* _snapshot() -> (address, size, max_size, mappings, holes), or None when closed. */
+static PyObject *core_holes(Core *c, PyObject *unused);
+
+static PyObject *
+core_snapshot(Core *c, PyObject *unused)
+{
+    for (;;) {
+        if (c->closed)
+            Py_RETURN_NONE;
+        unsigned long long version = c->version;
+        PyObject *values = core_values(c, unused);
+        PyObject *holes = values ? core_holes(c, unused) : NULL;
+        PyObject *r = holes ? Py_BuildValue("KKKOO", c->address, c->size, c->max_size, values,
+                                            holes)
+                            : NULL;
+        Py_XDECREF(values);
+        Py_XDECREF(holes);
+        if (r == NULL || c->version == version)
+            return r;
+        Py_DECREF(r); /* the allocations ran code that changed the state: again */
+    }
+}
+
+/* _holes() -> list of (start, end) absolute ranges. */
+static PyObject *
+core_holes(Core *c, PyObject *unused)
+{
+    (void)unused;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < c->n; i++) {
+        if (c->ents[i].kind != E_HOLE)
+            continue;
+        PyObject *t = Py_BuildValue("KK", (unsigned long long)c->ents[i].start,
+                                    (unsigned long long)c->ents[i].end);
+        if (t == NULL || PyList_Append(list, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return list;
+}
+
+/* _overlaps(lo, hi): whether any entry (claims and holes included) meets [lo, hi). */
+static PyObject *
+core_overlaps(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_overlaps(lo, hi)");
+    unsigned long long lo = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long hi = PyLong_AsUnsignedLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(overlaps(c, lo, hi));
+}
+
+/* _gate_state() -> (shared, exclusive, waiting, queued, entries): at rest, (0, False, 0, 0, n)
+   with n the mappings and holes. */
+static PyObject *
+core_gate_state(Core *c, PyObject *unused)
+{
+    (void)unused;
+    Py_ssize_t claims = 0;
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        claims += c->ents[i].kind == E_CLAIM;
+    return Py_BuildValue("lOllnn", c->shared, c->exclusive ? Py_True : Py_False, c->waiting,
+                         c->queued, claims, c->n);
+}
+
+/* _gate_stats() -> (shared operations that waited, the most exclusive operations one of them
+   waited behind, exclusive operations that waited, the most shared operations admitted while
+   one of them waited): the bounds of phase-fair admission, counted where they are kept. */
+static PyObject *
+core_gate_stats(Core *c, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("LLLL", c->shared_waits, c->over_shared, c->excl_waits, c->over_excl);
+}
+
+/* _abandon(): forget the range without releasing it (tests of torn states only). */
+static PyObject *
+core_abandon(Core *c, PyObject *unused)
+{
+    (void)unused;
+    c->closed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef core_methods[] = {
+    {"_map", (PyCFunction)(void (*)(void))core_map, METH_FASTCALL, NULL},
+    {"_unmap", (PyCFunction)core_unmap, METH_O, NULL},
+    {"_persist", (PyCFunction)(void (*)(void))core_persist, METH_FASTCALL, NULL},
+    {"_extend", (PyCFunction)core_extend, METH_O, NULL},
+    {"_shrink", (PyCFunction)(void (*)(void))core_shrink, METH_FASTCALL, NULL},
+    {"_close", (PyCFunction)core_close, METH_NOARGS, NULL},
+    {"_mview", (PyCFunction)(void (*)(void))core_mview, METH_FASTCALL, NULL},
+    {"_rview", (PyCFunction)(void (*)(void))core_rview, METH_FASTCALL, NULL},
+    {"_find", (PyCFunction)(void (*)(void))core_find, METH_FASTCALL, NULL},
+    {"_step", (PyCFunction)(void (*)(void))core_step, METH_FASTCALL, NULL},
+    {"_edge", (PyCFunction)core_edge, METH_O, NULL},
+    {"_values", (PyCFunction)core_values, METH_NOARGS, NULL},
+    {"_holes", (PyCFunction)core_holes, METH_NOARGS, NULL},
+    {"_snapshot", (PyCFunction)core_snapshot, METH_NOARGS, NULL},
+    {"_overlaps", (PyCFunction)(void (*)(void))core_overlaps, METH_FASTCALL, NULL},
+    {"_gate_state", (PyCFunction)core_gate_state, METH_NOARGS, NULL},
+    {"_gate_stats", (PyCFunction)core_gate_stats, METH_NOARGS, NULL},
+    {"_abandon", (PyCFunction)core_abandon, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyObject *
+core_get_closed(Core *c, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(c->closed);
+}
+
+static PyObject *
+core_get_count(Core *c, void *unused)
+{
+    (void)unused;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        k += c->ents[i].kind == E_MAPPED;
+    return PyLong_FromSsize_t(k);
+}
+
+static PyGetSetDef core_getset[] = {
+    {"_closed", (getter)core_get_closed, NULL, NULL, NULL},
+    {"_count", (getter)core_get_count, NULL, NULL, NULL},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"_address", T_ULONGLONG, offsetof(Core, address), READONLY, NULL},
+    {"_size", T_ULONGLONG, offsetof(Core, size), READONLY, NULL},
+    {"_max_size", T_ULONGLONG, offsetof(Core, max_size), READONLY, NULL},
+    {"_facade", T_OBJECT, offsetof(Core, facade), 0, NULL},
+    {NULL},
+};
+
+static int
+core_traverse(Core *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->facade);
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        Py_VISIT(c->ents[i].m);
+    return 0;
+}
+
+static int
+core_clear(Core *c)
+{
+    Py_CLEAR(c->facade);
+    for (Py_ssize_t i = 0; i < c->n; i++)
+        Py_CLEAR(c->ents[i].m);
+    c->n = c->nholes = 0; /* collected: the finalizer (close) has run */
+    return 0;
+}
+
+static void
+core_dealloc(Core *c)
+{
+    PyObject_GC_UnTrack(c);
+    if (c->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)c);
+    core_clear(c);
+    PyMem_RawFree(c->ents);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    /* A subclass's dealloc releases its heap type (the base is static). */
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.ReservationBase",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The state of a reservation (library use only).",
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_weaklistoffset = offsetof(Core, weakreflist),
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+    .tp_getset = core_getset,
+};
+
+/* -- mapping base -------------------------------------------------------------------------- */
+
+static PyMemberDef map_members[] = {
+    {"_rsv", T_OBJECT, offsetof(MapObj, rsv), READONLY, NULL},
+    {"_views", T_OBJECT, offsetof(MapObj, views), READONLY, NULL},
+    {"_file", T_OBJECT, offsetof(MapObj, file), READONLY, NULL},
+    {"_protection", T_OBJECT, offsetof(MapObj, protection), READONLY, NULL},
+    {"_sharing", T_OBJECT, offsetof(MapObj, sharing), READONLY, NULL},
+    {"_facade", T_OBJECT, offsetof(MapObj, facade), 0, NULL},
+    {"_addr", T_ULONGLONG, offsetof(MapObj, addr), READONLY, NULL},
+    {"_size", T_ULONGLONG, offsetof(MapObj, size), READONLY, NULL},
+    {"_span", T_ULONGLONG, offsetof(MapObj, span), READONLY, NULL},
+    {"_file_offset", T_ULONGLONG, offsetof(MapObj, file_offset), READONLY, NULL},
+    {"_state", T_INT, offsetof(MapObj, state), READONLY, NULL},
+    {"_gran", T_INT, offsetof(MapObj, gran), READONLY, NULL},
+    {"_pins", T_LONG, offsetof(MapObj, pins), READONLY, NULL},
+    {NULL},
+};
+
+static int
+map_traverse(MapObj *m, visitproc visit, void *arg)
+{
+    Py_VISIT(m->facade);
+    Py_VISIT(m->rsv);
+    Py_VISIT(m->views);
+    Py_VISIT(m->file);
+    Py_VISIT(m->protection);
+    Py_VISIT(m->sharing);
+    return 0;
+}
+
+static int
+map_clear(MapObj *m)
+{
+    Py_CLEAR(m->facade);
+    Py_CLEAR(m->rsv);
+    Py_CLEAR(m->views);
+    Py_CLEAR(m->file);
+    Py_CLEAR(m->protection);
+    Py_CLEAR(m->sharing);
+    return 0;
+}
+
+static void
+map_dealloc(MapObj *m)
+{
+    PyObject_GC_UnTrack(m);
+    if (m->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)m);
+    map_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static PyTypeObject MapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.MappingBase",
+    .tp_basicsize = sizeof(MapObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The state of a mapping (library use only).",
+    .tp_traverse = (traverseproc)map_traverse,
+    .tp_clear = (inquiry)map_clear,
+    .tp_dealloc = (destructor)map_dealloc,
+    .tp_weaklistoffset = offsetof(MapObj, weakreflist),
+    .tp_members = map_members,
+};
+
+/* -- reserve ------------------------------------------------------------------------------- */
+
+/* reserve(cls, address or -1, size, max_size or -1, headroom) -> a new reservation (an
+   instance of cls), or an int code (C_EXISTS) / errno. Arguments validated by Python. The
+   object is made before the range is taken: nothing can come between taking the range and
+   its owner. */
+static PyObject *
+reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 5 || !PyType_Check(args[0]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError, "reserve: bad arguments");
+        return NULL;
+    }
+    int has_addr = args[1] != Py_None, has_limit = args[3] != Py_None;
+    unsigned long long want_addr = has_addr ? PyLong_AsUnsignedLongLong(args[1]) : 0;
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[2]);
+    unsigned long long limit = has_limit ? PyLong_AsUnsignedLongLong(args[3]) : 0;
+    unsigned long long headroom = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    Core *c = (Core *)cls->tp_alloc(cls, 0);
+    if (c == NULL)
+        return NULL;
+    c->closed = 1; /* until the range is held: a dropped object releases nothing */
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    uint64_t addr = 0, held = has_limit ? (uint64_t)limit : n;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (has_addr) {
+        addr = (uint64_t)want_addr;
+        err = fill_hole(addr, held);
+        if (!err && !has_limit) {
+            uint64_t got = 0;
+            err = take_headroom_after(addr + n, headroom, &got);
+            if (err)
+                sys_munmap(addr, n); /* the headroom's failure is the one to report */
+            held += got;
+        }
+    }
+    else if (!has_limit)
+        err = take_range_with_headroom(n, headroom, &addr, &held);
+    else
+        err = sys_mmap_anywhere(held, PROT_NONE, PH_FLAGS, &addr);
+    Py_END_ALLOW_THREADS
+    if (err) {
+        Py_DECREF(c);
+        return PyLong_FromLong(err == EEXIST && has_addr ? C_EXISTS : err);
+    }
+    c->address = addr;
+    c->size = n;
+    c->max_size = held;
+    c->closed = 0;
+    return (PyObject *)c;
+}
+
+/* ========================================================================== tickets ==== */
+
+static PyObject *
+ticket_abandon(Ticket *t, PyObject *unused)
+{
+    (void)unused;
+    t->abandoned = 1;
+    Core *c = t->waiting_on;
+    if (c != NULL) {
+        pthread_mutex_lock(&c->mu);
+        c->gen++;
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef ticket_methods[] = {
+    {"abandon", (PyCFunction)ticket_abandon, METH_NOARGS,
+     "Called from the caller's side (an event loop): make the waiting thread give up."},
+    {NULL},
+};
+
+static PyMemberDef ticket_members[] = {
+    {"abandoned", T_INT, offsetof(Ticket, abandoned), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject TicketType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Ticket",
+    .tp_basicsize = sizeof(Ticket),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What a thread waiting on behalf of an async caller carries.",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = ticket_methods,
+    .tp_members = ticket_members,
+};
+
+/* set_ticket(ticket or None): the Ticket of the call this thread runs now. */
+static PyObject *
+set_ticket(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (arg != Py_None && !PyObject_TypeCheck(arg, &TicketType)) {
+        PyErr_SetString(PyExc_TypeError, "set_ticket() takes a Ticket or None");
+        return NULL;
+    }
+    PyObject *old = current_ticket;
+    if (arg == Py_None)
+        current_ticket = NULL;
+    else {
+        Py_INCREF(arg);
+        current_ticket = arg;
+    }
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+/* ============================================================================= files ==== */
+
+/* A descriptor the library opened (map_file of a path): closed when the object dies, so that
+   no interruption between the open and the close can leak it. */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+} OwnedFd;
+
+static void
+owned_close_fd(OwnedFd *o)
+{
+    int fd = o->fd;
+    if (fd >= 0) {
+        o->fd = -1;
+        close(fd); /* on Linux the descriptor is released even when close reports EINTR */
+    }
+}
+
+static PyObject *
+owned_close(OwnedFd *o, PyObject *unused)
+{
+    (void)unused;
+    owned_close_fd(o);
+    Py_RETURN_NONE;
+}
+
+static void
+owned_dealloc(OwnedFd *o)
+{
+    owned_close_fd(o);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static PyMethodDef owned_methods[] = {
+    {"close", (PyCFunction)owned_close, METH_NOARGS, "Close the descriptor (idempotent)."},
+    {NULL},
+};
+
+static PyMemberDef owned_members[] = {
+    {"fd", T_INT, offsetof(OwnedFd, fd), READONLY, "The descriptor, -1 once closed."},
+    {NULL},
+};
+
+static PyTypeObject OwnedFdType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.OwnedFd",
+    .tp_basicsize = sizeof(OwnedFd),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = "A file descriptor the library opened; closed when it dies.",
+    .tp_dealloc = (destructor)owned_dealloc,
+    .tp_methods = owned_methods,
+    .tp_members = owned_members,
+};
+
+/* open_path(path, flags) -> OwnedFd: open(2) with O_CLOEXEC, retried on EINTR; OSError (with
+   the filename) on failure. The object exists before the descriptor does. */
+static PyObject *
+open_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "open_path(path, flags)");
+    int flags = as_c_int(args[1]);
+    if (flags == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(args[0], &bytes))
+        return NULL;
+    OwnedFd *o = PyObject_New(OwnedFd, &OwnedFdType);
+    if (o == NULL) {
+        Py_DECREF(bytes);
+        return NULL;
+    }
+    o->fd = -1;
+    const char *path = PyBytes_AS_STRING(bytes);
+    int fd, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    do {
+        fd = open(path, flags | O_CLOEXEC);
+        err = fd < 0 ? errno : 0;
+    } while (fd < 0 && err == EINTR);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(bytes);
+    if (fd < 0) {
+        Py_DECREF(o);
+        errno = err;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, args[0]);
+    }
+    o->fd = fd;
+    return (PyObject *)o;
+}
+
+/* =========================================================================== module ==== */
+
+static PyMethodDef module_methods[] = {
+    {"new_view", (PyCFunction)(void (*)(void))new_view, METH_FASTCALL,
+     "new_view(owner, holders, address, length, readonly) -> memoryview (library use only)"},
+    {"live", (PyCFunction)live, METH_O,
+     "live(lists) -> number of live windows registered in the lists (dead ones pruned)"},
+    {"reserve", (PyCFunction)(void (*)(void))reserve, METH_FASTCALL, NULL},
+    {"push", (PyCFunction)inject_push, METH_O, "Activate an injection."},
+    {"pop", (PyCFunction)inject_pop, METH_O, "Deactivate an injection."},
+    {"intercept", (PyCFunction)intercept, METH_O,
+     "intercept(syscall) -> errno to fail with, or 0 (sleeps as injected)"},
+    {"set_ticket", (PyCFunction)set_ticket, METH_O, NULL},
+    {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,
+     "open_path(path, flags) -> OwnedFd (O_CLOEXEC; closed when it dies)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "_core", "State and transitions of aiopmem reservations.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    page_size = (uint64_t)sysconf(_SC_PAGESIZE);
+    page_mask = page_size - 1;
+    if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&InjectionType) < 0 ||
+        PyType_Ready(&CoreType) < 0 || PyType_Ready(&MapType) < 0 ||
+        PyType_Ready(&TicketType) < 0 || PyType_Ready(&OwnedFdType) < 0)
+        return NULL;
+    PyObject *mod = PyModule_Create(&core_module);
+    if (mod == NULL)
+        return NULL;
+    AbandonedError = PyErr_NewExceptionWithDoc(
+        "aiopmem._ffi._core.Abandoned",
+        "The caller of an operation waiting for its turn was cancelled: it did not start.",
+        PyExc_Exception, NULL);
+    if (AbandonedError == NULL || PyModule_AddObjectRef(mod, "Abandoned", AbandonedError) < 0 ||
+        PyModule_AddObjectRef(mod, "InjectionBase", (PyObject *)&InjectionType) < 0 ||
+        PyModule_AddObjectRef(mod, "ReservationBase", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(mod, "MappingBase", (PyObject *)&MapType) < 0 ||
+        PyModule_AddObjectRef(mod, "Ticket", (PyObject *)&TicketType) < 0 ||
+        PyModule_AddObjectRef(mod, "OwnedFd", (PyObject *)&OwnedFdType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    static const struct {
+        const char *name;
+        long value;
+    } constants[] = {
+        {"SC_MMAP", SC_MMAP}, {"SC_MUNMAP", SC_MUNMAP}, {"SC_MSYNC", SC_MSYNC},
+        {"SC_MADVISE", SC_MADVISE}, {"SC_OPEN", SC_OPEN}, {"SC_FSTAT", SC_FSTAT},
+        {"SC_MPROTECT", SC_MPROTECT}, {"SC_MLOCK", SC_MLOCK}, {"SC_MUNLOCK", SC_MUNLOCK},
+        {"C_CLOSED", C_CLOSED}, {"C_OFF_UNALIGNED", C_OFF_UNALIGNED},
+        {"C_OFF_NEGATIVE", C_OFF_NEGATIVE}, {"C_NO_FIT", C_NO_FIT}, {"C_EXISTS", C_EXISTS},
+        {"C_MID", C_MID}, {"C_WHOLE", C_WHOLE}, {"C_OFF_RANGE", C_OFF_RANGE},
+        {"C_LEN_NONPOS", C_LEN_NONPOS}, {"C_LEN_PAST", C_LEN_PAST},
+        {"C_NOT_EMPTY", C_NOT_EMPTY}, {"C_PAST_ASPACE", C_PAST_ASPACE},
+        {"C_EXTEND_EXISTS", C_EXTEND_EXISTS}, {"C_HOLE_NOTED", C_HOLE_NOTED},
+        {"C_BUSY_BASE", C_BUSY_BASE}, {"HOLE_BIT", HOLE_BIT},
+        {"ST_OPEN", ST_OPEN}, {"ST_UNMAPPING", ST_UNMAPPING}, {"ST_CLOSED", ST_CLOSED},
+        {"ST_NEW", ST_NEW},
+    };
+    for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {
+        if (PyModule_AddIntConstant(mod, constants[i].name, constants[i].value) < 0) {
+            Py_DECREF(mod);
+            return NULL;
+        }
+    }
+    return mod;
+}

@@ -1,0 +1,122 @@
+# The compiled state core (_core.c). Private to aiopmem: the methods of the bases are the
+# transitions the Python classes of aiopmem.sync call after validating their arguments; each
+# returns its result, or an int code (one of C_*, or an errno) that the caller raises.
+from typing import Any, Final, final
+
+SC_MMAP: Final[int]
+SC_MUNMAP: Final[int]
+SC_MSYNC: Final[int]
+SC_MADVISE: Final[int]
+SC_OPEN: Final[int]
+SC_FSTAT: Final[int]
+SC_MPROTECT: Final[int]
+SC_MLOCK: Final[int]
+SC_MUNLOCK: Final[int]
+C_CLOSED: Final[int]
+C_OFF_UNALIGNED: Final[int]
+C_OFF_NEGATIVE: Final[int]
+C_NO_FIT: Final[int]
+C_EXISTS: Final[int]
+C_MID: Final[int]
+C_WHOLE: Final[int]
+C_OFF_RANGE: Final[int]
+C_LEN_NONPOS: Final[int]
+C_LEN_PAST: Final[int]
+C_NOT_EMPTY: Final[int]
+C_PAST_ASPACE: Final[int]
+C_EXTEND_EXISTS: Final[int]
+C_HOLE_NOTED: Final[int]
+C_BUSY_BASE: Final[int]
+HOLE_BIT: Final[int]
+ST_OPEN: Final[int]
+ST_UNMAPPING: Final[int]
+ST_CLOSED: Final[int]
+ST_NEW: Final[int]
+
+class Abandoned(Exception): ...
+
+@final
+class Ticket:
+    abandoned: int
+    def abandon(self) -> None: ...
+
+@final
+class OwnedFd:
+    fd: int
+    def close(self) -> None: ...
+
+class InjectionBase:
+    delay: float
+    after: int
+    times: int
+    seen: int
+    fired: int
+    def __init__(self, sc: int, err: int, delay: float, after: int, times: int) -> None: ...
+
+class MappingBase:
+    _rsv: Any
+    _views: list[object]
+    _file: Any
+    _protection: Any
+    _sharing: Any
+    _facade: Any
+    _addr: int
+    _size: int
+    _span: int
+    _file_offset: int
+    _state: int
+    _gran: int
+    _pins: int
+
+class ReservationBase:
+    _address: int
+    _size: int
+    _max_size: int
+    _closed: bool
+    _count: int
+    _facade: Any
+    def _map(
+        self,
+        cls: type[Any],
+        offset: int,
+        length: int,
+        bits: int,
+        kind: int,
+        fd: int,
+        file_offset: int,
+        dev: int,
+        protection: object,
+        sharing: object,
+        file: object,
+        /,
+    ) -> Any: ...
+    def _unmap(self, m: MappingBase, /) -> int: ...
+    def _persist(self, m: MappingBase, start: int, end: int, /) -> int: ...
+    def _extend(self, n: int, /) -> int: ...
+    def _shrink(self, offset: int, size: int, /) -> int: ...
+    def _close(self) -> int: ...
+    def _mview(self, m: MappingBase, offset: int, length: int, readonly: bool, /) -> Any: ...
+    def _rview(self, lo: int, hi: int, /) -> Any: ...
+    def _find(self, lo: int, hi: int, /) -> Any: ...
+    def _step(self, m: MappingBase, direction: int, /) -> Any: ...
+    def _edge(self, direction: int, /) -> Any: ...
+    def _values(self) -> list[Any]: ...
+    def _holes(self) -> list[tuple[int, int]]: ...
+    def _snapshot(self) -> tuple[int, int, int, list[Any], list[tuple[int, int]]] | None: ...
+    def _overlaps(self, lo: int, hi: int, /) -> bool: ...
+    def _gate_state(self) -> tuple[int, bool, int, int, int, int]: ...
+    def _gate_stats(self) -> tuple[int, int, int, int]: ...
+    def _abandon(self) -> None: ...
+
+def new_view(
+    owner: object, holders: tuple[list[object], ...], address: int, length: int, readonly: bool, /
+) -> memoryview: ...
+def live(lists: tuple[list[object], ...], /) -> int: ...
+def reserve(
+    cls: type[Any], address: int | None, size: int, max_size: int | None, headroom: int, /
+) -> Any: ...
+def push(injection: InjectionBase, /) -> None: ...
+def pop(injection: InjectionBase, /) -> None: ...
+def intercept(syscall: int, /) -> int: ...
+def set_ticket(ticket: Ticket | None, /) -> None: ...
+def open_path(path: str | bytes, flags: int, /) -> OwnedFd: ...
