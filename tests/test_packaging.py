@@ -36,7 +36,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_examples(tmp_path: Path) 
     for needed in ("aiopmem/py.typed", "aiopmem/_ffi/_core.pyi", "aiopmem/sync.py"):
         assert needed in names, needed
     assert any(n.startswith("aiopmem/_ffi/_lib") and n.endswith(".so") for n in names)
-    assert any(n.startswith("aiopmem/_ffi/_window") and n.endswith(".so") for n in names)
+    assert any(n.startswith("aiopmem/_ffi/_core") and n.endswith(".so") for n in names)
     assert sdist.stat().st_size > 0
 
     venv = tmp_path / "venv"

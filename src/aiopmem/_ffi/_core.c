@@ -699,10 +699,12 @@ struct Core {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     unsigned long long gen;
-    /* index: sorted by start, disjoint */
-    Entry *ents;
-    Py_ssize_t n, cap;
-    Py_ssize_t nholes;
+    /* index: sorted by start, disjoint (see "index") */
+    struct Bucket **bk;
+    Py_ssize_t nb, bcap;
+    struct Bucket *free_list;
+    Py_ssize_t nfree;
+    Py_ssize_t n, nholes, nmapped;
     /* bumped by every change a view depends on */
     unsigned long long version;
 };
@@ -712,79 +714,229 @@ static PyTypeObject MapType;
 
 /* -- index --------------------------------------------------------------------------------- */
 
-/* Position of the first entry whose end is > x. */
-static Py_ssize_t
+/* Sorted buckets of at most BUCKET entries each, and a sorted array of the buckets: a lookup is
+   two binary searches, an insert or a removal moves at most one bucket's entries (and, when a
+   bucket splits or empties, the bucket pointers). A position is (bucket, index). Buckets come
+   from a free list filled before a transition starts, so an insert never allocates. */
+#define BUCKET 256
+
+typedef struct Bucket {
+    Py_ssize_t n;
+    struct Bucket *next_free;
+    Entry e[BUCKET];
+} Bucket;
+
+typedef struct {
+    Py_ssize_t b, i;
+} Pos;
+
+#define ENTRY(c, p) (&(c)->bk[(p).b]->e[(p).i])
+
+static int
+pos_valid(Core *c, Pos p)
+{
+    return p.b < c->nb;
+}
+
+static void
+pos_next(Core *c, Pos *p)
+{
+    if (++p->i >= c->bk[p->b]->n) {
+        p->b++;
+        p->i = 0;
+    }
+}
+
+/* Back one entry; b becomes -1 before the first. */
+static void
+pos_prev(Core *c, Pos *p)
+{
+    if (p->i > 0)
+        p->i--;
+    else if (--p->b >= 0)
+        p->i = c->bk[p->b]->n - 1;
+}
+
+static Pos
+pos_first(void)
+{
+    Pos p = {0, 0};
+    return p;
+}
+
+/* Position of the first entry whose end is > x (invalid if none). */
+static Pos
 first_ending_after(Core *c, uint64_t x)
 {
-    Py_ssize_t lo = 0, hi = c->n;
-    while (lo < hi) {
+    Py_ssize_t lo = 0, hi = c->nb;
+    while (lo < hi) { /* first bucket whose last entry ends after x */
         Py_ssize_t mid = (lo + hi) / 2;
-        if (c->ents[mid].end > x)
+        Bucket *k = c->bk[mid];
+        if (k->e[k->n - 1].end > x)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return lo;
+    Pos p = {lo, 0};
+    if (lo == c->nb)
+        return p;
+    Bucket *k = c->bk[lo];
+    Py_ssize_t l = 0, h = k->n - 1;
+    while (l < h) {
+        Py_ssize_t mid = (l + h) / 2;
+        if (k->e[mid].end > x)
+            h = mid;
+        else
+            l = mid + 1;
+    }
+    p.i = l;
+    return p;
 }
 
-/* Position of the entry starting exactly at x, or -1. */
-static Py_ssize_t
-at(Core *c, uint64_t x)
+/* The entry starting exactly at x, or NULL (then *pos is undefined). */
+static Entry *
+entry_at(Core *c, uint64_t x, Pos *pos)
 {
-    Py_ssize_t i = first_ending_after(c, x);
-    return i < c->n && c->ents[i].start == x ? i : -1;
+    Pos p = first_ending_after(c, x);
+    if (!pos_valid(c, p) || ENTRY(c, p)->start != x)
+        return NULL;
+    if (pos != NULL)
+        *pos = p;
+    return ENTRY(c, p);
 }
 
 static int
 overlaps(Core *c, uint64_t lo, uint64_t hi)
 {
-    Py_ssize_t i = first_ending_after(c, lo);
-    return i < c->n && c->ents[i].start < hi;
+    Pos p = first_ending_after(c, lo);
+    return pos_valid(c, p) && ENTRY(c, p)->start < hi;
 }
 
-/* Room for one more entry, reserved before a transition starts (PyMem_Raw: no collection). */
+/* Make `k` more inserts possible without allocating (PyMem_Raw: no collection). */
 static int
-index_reserve(Core *c)
+index_reserve_n(Core *c, Py_ssize_t k)
 {
-    if (c->n < c->cap)
-        return 0;
-    Py_ssize_t cap = c->cap ? c->cap * 2 : 16;
-    Entry *e = PyMem_RawRealloc(c->ents, (size_t)cap * sizeof(Entry));
-    if (e == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    while (c->nfree < k) {
+        Bucket *f = PyMem_RawMalloc(sizeof(Bucket));
+        if (f == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        f->next_free = c->free_list;
+        c->free_list = f;
+        c->nfree++;
     }
-    c->ents = e;
-    c->cap = cap;
+    if (c->nb + k > c->bcap) {
+        Py_ssize_t cap = c->bcap ? c->bcap : 8;
+        while (cap < c->nb + k)
+            cap *= 2;
+        Bucket **bk = PyMem_RawRealloc(c->bk, (size_t)cap * sizeof(Bucket *));
+        if (bk == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->bk = bk;
+        c->bcap = cap;
+    }
     return 0;
 }
 
-/* Insert at its place; room must be reserved and the range free. */
+static int
+index_reserve(Core *c)
+{
+    return index_reserve_n(c, 1);
+}
+
+static Bucket *
+take_free(Core *c)
+{
+    Bucket *f = c->free_list;
+    c->free_list = f->next_free;
+    c->nfree--;
+    f->n = 0;
+    return f;
+}
+
+static void
+give_free(Core *c, Bucket *f)
+{
+    if (c->nfree >= 2) { /* keep a couple for the next transitions */
+        PyMem_RawFree(f);
+        return;
+    }
+    f->next_free = c->free_list;
+    c->free_list = f;
+    c->nfree++;
+}
+
+static void
+insert_bucket(Core *c, Py_ssize_t at_b, Bucket *k)
+{
+    memmove(&c->bk[at_b + 1], &c->bk[at_b], (size_t)(c->nb - at_b) * sizeof(Bucket *));
+    c->bk[at_b] = k;
+    c->nb++;
+}
+
+/* Insert at its place; room must be reserved (index_reserve) and the range free. */
 static void
 index_insert(Core *c, uint64_t lo, uint64_t hi, MapObj *m, int kind)
 {
-    Py_ssize_t i = first_ending_after(c, lo);
-    memmove(&c->ents[i + 1], &c->ents[i], (size_t)(c->n - i) * sizeof(Entry));
-    c->ents[i].start = lo;
-    c->ents[i].end = hi;
-    c->ents[i].m = m;
-    c->ents[i].kind = kind;
+    Pos p = first_ending_after(c, lo);
+    if (c->nb == 0) {
+        insert_bucket(c, 0, take_free(c));
+        p.b = p.i = 0;
+    }
+    else if (p.b == c->nb) { /* after every entry: at the end of the last bucket */
+        p.b = c->nb - 1;
+        p.i = c->bk[p.b]->n;
+    }
+    Bucket *k = c->bk[p.b];
+    if (k->n == BUCKET) { /* split: the upper half goes to a new bucket after it */
+        Bucket *upper = take_free(c);
+        Py_ssize_t half = BUCKET / 2;
+        memcpy(upper->e, &k->e[half], (size_t)(BUCKET - half) * sizeof(Entry));
+        upper->n = BUCKET - half;
+        k->n = half;
+        insert_bucket(c, p.b + 1, upper);
+        if (p.i > half) {
+            p.b++;
+            p.i -= half;
+            k = upper;
+        }
+    }
+    memmove(&k->e[p.i + 1], &k->e[p.i], (size_t)(k->n - p.i) * sizeof(Entry));
+    k->e[p.i].start = lo;
+    k->e[p.i].end = hi;
+    k->e[p.i].m = m;
+    k->e[p.i].kind = kind;
+    k->n++;
     c->n++;
     if (kind == E_HOLE)
         c->nholes++;
 }
 
-/* Remove entry i; returns its mapping reference (to be released once the state is whole). */
+/* Remove the entry at p; returns its mapping reference (to be released once the state is
+   whole). Never allocates. */
 static MapObj *
-index_remove_at(Core *c, Py_ssize_t i)
+index_remove_at(Core *c, Pos p)
 {
-    MapObj *m = c->ents[i].m;
-    if (c->ents[i].kind == E_HOLE)
+    Bucket *k = c->bk[p.b];
+    MapObj *m = k->e[p.i].m;
+    if (k->e[p.i].kind == E_HOLE)
         c->nholes--;
-    memmove(&c->ents[i], &c->ents[i + 1], (size_t)(c->n - i - 1) * sizeof(Entry));
+    memmove(&k->e[p.i], &k->e[p.i + 1], (size_t)(k->n - p.i - 1) * sizeof(Entry));
+    k->n--;
     c->n--;
+    if (k->n == 0) {
+        memmove(&c->bk[p.b], &c->bk[p.b + 1], (size_t)(c->nb - p.b - 1) * sizeof(Bucket *));
+        c->nb--;
+        give_free(c, k);
+    }
     return m;
 }
+
+/* Every entry, in order: for (Pos p = pos_first(); pos_valid(c, p); pos_next(c, &p)) */
+#define FOR_EACH(c, p) for (Pos p = pos_first(); pos_valid((c), p); pos_next((c), &p))
 
 /* -- gate ---------------------------------------------------------------------------------- */
 
@@ -983,12 +1135,14 @@ repair_holes(Core *c)
     uint64_t (*holes)[2] = PyMem_RawMalloc((size_t)c->nholes * sizeof *holes);
     if (holes == NULL)
         return; /* repaired next time */
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        if (c->ents[i].kind == E_HOLE) {
-            holes[nh][0] = c->ents[i].start;
-            holes[nh][1] = c->ents[i].end;
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind == E_HOLE) {
+            holes[nh][0] = e->start;
+            holes[nh][1] = e->end;
             nh++;
         }
+    }
     int *ok = PyMem_RawCalloc((size_t)nh, sizeof(int));
     if (ok == NULL) {
         PyMem_RawFree(holes);
@@ -1000,9 +1154,10 @@ repair_holes(Core *c)
     Py_END_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < nh; k++) {
         if (ok[k]) {
-            Py_ssize_t i = at(c, holes[k][0]);
-            if (i >= 0 && c->ents[i].kind == E_HOLE)
-                index_remove_at(c, i);
+            Pos p;
+            Entry *e = entry_at(c, holes[k][0], &p);
+            if (e != NULL && e->kind == E_HOLE)
+                index_remove_at(c, p);
         }
     }
     c->version++;
@@ -1179,14 +1334,15 @@ core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
     /* Commit or drop the claim. */
     if (learned >= 0)
         dev_learn(dev, learned);
-    Py_ssize_t i = at(c, addr);
+    Pos pos;
+    Entry *claim = entry_at(c, addr, &pos);
     if (err) {
         if (hole) {
-            c->ents[i].kind = E_HOLE;
+            claim->kind = E_HOLE;
             c->nholes++;
         }
         else
-            index_remove_at(c, i);
+            index_remove_at(c, pos);
         leave_shared(c);
         code = err | (hole ? HOLE_BIT : 0);
         goto out;
@@ -1194,8 +1350,9 @@ core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
     m->gran = gran;
     m->state = ST_OPEN;
     Py_INCREF(m);
-    c->ents[i].m = m;
-    c->ents[i].kind = E_MAPPED;
+    claim->m = m;
+    claim->kind = E_MAPPED;
+    c->nmapped++;
     c->version++;
     leave_shared(c);
     return (PyObject *)m;
@@ -1267,17 +1424,19 @@ core_unmap(Core *c, PyObject *arg)
         leave_shared_waking(c);
         return PyLong_FromLong(err);
     }
-    Py_ssize_t i = at(c, addr);
+    Pos pos;
+    Entry *e = entry_at(c, addr, &pos);
     MapObj *ref = NULL;
     if (hole) { /* stays in the index, invisible, until repaired */
-        ref = c->ents[i].m;
-        c->ents[i].m = NULL;
-        c->ents[i].kind = E_HOLE;
+        ref = e->m;
+        e->m = NULL;
+        e->kind = E_HOLE;
         c->nholes++;
     }
     else
-        ref = index_remove_at(c, i);
+        ref = index_remove_at(c, pos);
     m->state = ST_CLOSED;
+    c->nmapped--;
     c->version++;
     leave_shared_waking(c);
     Py_XDECREF(ref); /* the caller still holds m: nothing is freed here */
@@ -1424,9 +1583,10 @@ core_close(Core *c, PyObject *unused)
         return a < 0 ? NULL : PyLong_FromLong(0);
     repair_holes(c);
     Py_ssize_t alive = 0;
-    for (Py_ssize_t i = 0; i < c->n; i++) {
-        if (c->ents[i].kind == E_MAPPED) {
-            Py_ssize_t k = live_of(c->ents[i].m);
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind == E_MAPPED) {
+            Py_ssize_t k = live_of(e->m);
             if (k < 0) {
                 leave_exclusive(c);
                 return NULL;
@@ -1438,43 +1598,41 @@ core_close(Core *c, PyObject *unused)
         leave_exclusive(c);
         return PyLong_FromSsize_t(C_BUSY_BASE - alive);
     }
-    /* The pieces to release, and room for the holes a failure would leave (before anything
-       changes: a failed allocation leaves the reservation as it was). */
+    /* What the transition needs is allocated before anything changes: the pieces to release,
+       the references to drop, room for the holes a failure would leave. */
     Py_ssize_t np = 0;
     uint64_t (*pieces)[2] = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *pieces);
-    if (pieces == NULL) {
+    MapObj **drop = PyMem_RawMalloc((size_t)(c->n + 1) * sizeof(MapObj *));
+    if (pieces == NULL || drop == NULL || index_reserve_n(c, c->nholes + 1) < 0) {
         PyMem_RawFree(pieces);
+        PyMem_RawFree(drop);
         leave_exclusive(c);
-        return PyErr_NoMemory();
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
     uint64_t pos = c->address, end = c->address + c->max_size;
-    for (Py_ssize_t i = 0; i < c->n; i++) {
-        if (c->ents[i].kind != E_HOLE)
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind != E_HOLE)
             continue;
-        if (c->ents[i].start > pos) {
+        if (e->start > pos) {
             pieces[np][0] = pos;
-            pieces[np][1] = c->ents[i].start;
+            pieces[np][1] = e->start;
             np++;
         }
-        pos = c->ents[i].end;
+        pos = e->end;
     }
     if (end > pos) {
         pieces[np][0] = pos;
         pieces[np][1] = end;
         np++;
     }
-    Py_ssize_t spare_cap = c->n + np + 1;
-    Entry *spare = PyMem_RawMalloc((size_t)spare_cap * sizeof(Entry));
-    if (spare == NULL) {
-        PyMem_RawFree(pieces);
-        leave_exclusive(c);
-        return PyErr_NoMemory();
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind == E_MAPPED)
+            e->m->state = ST_CLOSED; /* no new view while the memory goes away */
     }
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        if (c->ents[i].kind == E_MAPPED)
-            c->ents[i].m->state = ST_CLOSED; /* no new view while the memory goes away */
     c->version++;
-    Py_ssize_t done = 0;
+    Py_ssize_t done = 0, nd = 0;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (; done < np; done++) {
@@ -1483,55 +1641,50 @@ core_close(Core *c, PyObject *unused)
             break;
     }
     Py_END_ALLOW_THREADS
-    /* Build the new index in `spare`: references to drop are collected in the old array. */
-    Py_ssize_t nn = 0, ndrop = 0;
-    Entry *old = c->ents;
-    for (Py_ssize_t i = 0; i < c->n; i++) {
-        Entry e = old[i];
-        int released = 0;
-        if (err) {
-            for (Py_ssize_t k = 0; k < done; k++)
-                if (e.start >= pieces[k][0] && e.start < pieces[k][1])
-                    released = 1;
+    if (!err) {
+        FOR_EACH(c, p) {
+            Entry *e = ENTRY(c, p);
+            if (e->kind == E_MAPPED)
+                drop[nd++] = e->m;
         }
-        else
-            released = 1;
-        if (released) {
-            if (e.kind == E_MAPPED)
-                old[ndrop++].m = e.m; /* ndrop <= i: overwrites only entries already read */
-            continue;
-        }
-        if (e.kind == E_MAPPED)
-            e.m->state = ST_OPEN;
-        spare[nn++] = e;
-    }
-    if (err) { /* released pieces become holes, in order */
-        for (Py_ssize_t k = 0; k < done; k++) {
-            Py_ssize_t j = nn;
-            while (j > 0 && spare[j - 1].start >= pieces[k][1])
-                j--;
-            memmove(&spare[j + 1], &spare[j], (size_t)(nn - j) * sizeof(Entry));
-            spare[j].start = pieces[k][0];
-            spare[j].end = pieces[k][1];
-            spare[j].m = NULL;
-            spare[j].kind = E_HOLE;
-            nn++;
-        }
-    }
-    c->ents = spare;
-    c->n = nn;
-    c->cap = spare_cap;
-    c->nholes = 0;
-    for (Py_ssize_t i = 0; i < nn; i++)
-        if (spare[i].kind == E_HOLE)
-            c->nholes++;
-    if (!err)
+        for (Py_ssize_t b = 0; b < c->nb; b++)
+            PyMem_RawFree(c->bk[b]);
+        c->nb = c->n = c->nholes = c->nmapped = 0;
         c->closed = 1;
+    }
+    else {
+        /* The entries in released pieces go (their mappings stay closed); the others stay
+           (their mappings open again); the released pieces become holes. */
+        Pos p = pos_first();
+        while (pos_valid(c, p)) {
+            Entry *e = ENTRY(c, p);
+            int released = 0;
+            for (Py_ssize_t k = 0; k < done && !released; k++)
+                released = e->start >= pieces[k][0] && e->start < pieces[k][1];
+            if (!released) {
+                if (e->kind == E_MAPPED)
+                    e->m->state = ST_OPEN;
+                pos_next(c, &p);
+                continue;
+            }
+            MapObj *m = index_remove_at(c, p);
+            if (m != NULL) {
+                drop[nd++] = m;
+                c->nmapped--;
+            }
+            if (p.b < c->nb && p.i >= c->bk[p.b]->n) { /* the next entry is in the next bucket */
+                p.b++;
+                p.i = 0;
+            }
+        }
+        for (Py_ssize_t k = 0; k < done; k++)
+            index_insert(c, pieces[k][0], pieces[k][1], NULL, E_HOLE);
+    }
     c->version++;
     leave_exclusive(c);
-    for (Py_ssize_t k = 0; k < ndrop; k++)
-        Py_DECREF(old[k].m);
-    PyMem_RawFree(old);
+    for (Py_ssize_t k = 0; k < nd; k++)
+        Py_DECREF(drop[k]);
+    PyMem_RawFree(drop);
     PyMem_RawFree(pieces);
     return PyLong_FromLong(err);
 }
@@ -1590,9 +1743,10 @@ core_rview(Core *c, PyObject *const *args, Py_ssize_t nargs)
         unsigned long long version = c->version;
         uint64_t pos = lo, gap_end = hi;
         int readonly = 0;
-        Py_ssize_t first = first_ending_after(c, lo), last = first;
-        for (Py_ssize_t i = first; i < c->n && c->ents[i].start < hi; i++) {
-            Entry *e = &c->ents[i];
+        Pos first = first_ending_after(c, lo);
+        Py_ssize_t count = 0;
+        for (Pos q = first; pos_valid(c, q) && ENTRY(c, q)->start < hi; pos_next(c, &q)) {
+            Entry *e = ENTRY(c, q);
             if (e->start > pos) {
                 gap_end = e->start;
                 break;
@@ -1601,19 +1755,16 @@ core_rview(Core *c, PyObject *const *args, Py_ssize_t nargs)
                 gap_end = e->end;
                 break;
             }
+            if (!(e->m->bits & PROT_READ))
+                return Py_BuildValue("sO", "noread", (PyObject *)e->m);
+            if (!(e->m->bits & PROT_WRITE))
+                readonly = 1;
             pos = e->end;
-            last = i + 1;
+            count++;
         }
         if (pos < hi)
             return Py_BuildValue("sKK", "gap", (unsigned long long)pos,
                                  (unsigned long long)(gap_end < hi ? gap_end : hi));
-        for (Py_ssize_t i = first; i < last; i++) {
-            int bits = c->ents[i].m->bits;
-            if (!(bits & PROT_READ))
-                return Py_BuildValue("sO", "noread", (PyObject *)c->ents[i].m);
-            if (!(bits & PROT_WRITE))
-                readonly = 1;
-        }
         Prepared p;
         if (view_prepare(&p, (PyObject *)c, lo, (Py_ssize_t)(hi - lo), readonly) < 0)
             return NULL;
@@ -1621,8 +1772,9 @@ core_rview(Core *c, PyObject *const *args, Py_ssize_t nargs)
             view_discard(&p);
             continue; /* the allocations ran code that changed the mappings: start over */
         }
-        for (Py_ssize_t i = first; i < last; i++) {
-            if (register_in(c->ents[i].m->views, p.ref) < 0) {
+        Pos q = first;
+        for (Py_ssize_t k = 0; k < count; k++, pos_next(c, &q)) {
+            if (register_in(ENTRY(c, q)->m->views, p.ref) < 0) {
                 view_discard(&p);
                 return NULL;
             }
@@ -1637,12 +1789,10 @@ core_rview(Core *c, PyObject *const *args, Py_ssize_t nargs)
 /* -- lookups ------------------------------------------------------------------------------- */
 
 static PyObject *
-ret_map(Core *c, Py_ssize_t i)
+ret_map(Entry *e)
 {
-    if (i < 0 || i >= c->n)
-        Py_RETURN_NONE;
-    Py_INCREF(c->ents[i].m);
-    return (PyObject *)c->ents[i].m;
+    Py_INCREF(e->m);
+    return (PyObject *)e->m;
 }
 
 /* _find(lo, hi): the lowest mapping intersecting [lo, hi) (absolute). */
@@ -1657,9 +1807,10 @@ core_find(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (c->closed)
         Py_RETURN_NONE;
-    for (Py_ssize_t i = first_ending_after(c, lo); i < c->n && c->ents[i].start < hi; i++)
-        if (c->ents[i].kind == E_MAPPED)
-            return ret_map(c, i);
+    for (Pos p = first_ending_after(c, lo); pos_valid(c, p) && ENTRY(c, p)->start < hi;
+         pos_next(c, &p))
+        if (ENTRY(c, p)->kind == E_MAPPED)
+            return ret_map(ENTRY(c, p));
     Py_RETURN_NONE;
 }
 
@@ -1675,13 +1826,19 @@ core_step(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (c->closed || m->state == ST_CLOSED || m->state == ST_NEW)
         Py_RETURN_NONE;
-    Py_ssize_t i = at(c, m->addr);
-    if (i < 0)
+    Pos p;
+    if (entry_at(c, m->addr, &p) == NULL)
         Py_RETURN_NONE;
-    for (i += d; i >= 0 && i < c->n; i += d)
-        if (c->ents[i].kind == E_MAPPED)
-            return ret_map(c, i);
-    Py_RETURN_NONE;
+    for (;;) {
+        if (d > 0)
+            pos_next(c, &p);
+        else
+            pos_prev(c, &p);
+        if (p.b < 0 || !pos_valid(c, p))
+            Py_RETURN_NONE;
+        if (ENTRY(c, p)->kind == E_MAPPED)
+            return ret_map(ENTRY(c, p));
+    }
 }
 
 static PyObject *
@@ -1690,17 +1847,20 @@ core_edge(Core *c, PyObject *arg)
     long d = PyLong_AsLong(arg);
     if (d == -1 && PyErr_Occurred())
         return NULL;
-    if (c->closed)
+    if (c->closed || c->nb == 0)
         Py_RETURN_NONE;
+    Pos p = pos_first();
     if (d > 0) {
-        for (Py_ssize_t i = c->n - 1; i >= 0; i--)
-            if (c->ents[i].kind == E_MAPPED)
-                return ret_map(c, i);
+        p.b = c->nb - 1;
+        p.i = c->bk[p.b]->n - 1;
     }
-    else {
-        for (Py_ssize_t i = 0; i < c->n; i++)
-            if (c->ents[i].kind == E_MAPPED)
-                return ret_map(c, i);
+    while (p.b >= 0 && pos_valid(c, p)) {
+        if (ENTRY(c, p)->kind == E_MAPPED)
+            return ret_map(ENTRY(c, p));
+        if (d > 0)
+            pos_prev(c, &p);
+        else
+            pos_next(c, &p);
     }
     Py_RETURN_NONE;
 }
@@ -1713,11 +1873,8 @@ core_values(Core *c, PyObject *unused)
     for (;;) {
         if (c->closed)
             return PyList_New(0);
-        Py_ssize_t k = 0;
-        for (Py_ssize_t i = 0; i < c->n; i++)
-            k += c->ents[i].kind == E_MAPPED;
         unsigned long long version = c->version;
-        PyObject *list = PyList_New(k);
+        PyObject *list = PyList_New(c->nmapped);
         if (list == NULL)
             return NULL;
         if (c->version != version) { /* the allocation ran code that changed the index */
@@ -1725,11 +1882,13 @@ core_values(Core *c, PyObject *unused)
             continue;
         }
         Py_ssize_t j = 0;
-        for (Py_ssize_t i = 0; i < c->n; i++)
-            if (c->ents[i].kind == E_MAPPED) {
-                Py_INCREF(c->ents[i].m);
-                PyList_SET_ITEM(list, j++, (PyObject *)c->ents[i].m);
+        FOR_EACH(c, p) {
+            Entry *e = ENTRY(c, p);
+            if (e->kind == E_MAPPED) {
+                Py_INCREF(e->m);
+                PyList_SET_ITEM(list, j++, (PyObject *)e->m);
             }
+        }
         return list;
     }
 }
@@ -1757,26 +1916,34 @@ core_snapshot(Core *c, PyObject *unused)
     }
 }
 
-/* _holes() -> list of (start, end) absolute ranges. */
+/* _holes() -> list of (start, end) absolute ranges. The ranges are copied out first: building
+   the tuples allocates, which may run code that changes the index. */
 static PyObject *
 core_holes(Core *c, PyObject *unused)
 {
     (void)unused;
-    PyObject *list = PyList_New(0);
-    if (list == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < c->n; i++) {
-        if (c->ents[i].kind != E_HOLE)
-            continue;
-        PyObject *t = Py_BuildValue("KK", (unsigned long long)c->ents[i].start,
-                                    (unsigned long long)c->ents[i].end);
-        if (t == NULL || PyList_Append(list, t) < 0) {
-            Py_XDECREF(t);
-            Py_DECREF(list);
-            return NULL;
+    Py_ssize_t nh = 0;
+    uint64_t (*holes)[2] = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *holes);
+    if (holes == NULL)
+        return PyErr_NoMemory();
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind == E_HOLE) {
+            holes[nh][0] = e->start;
+            holes[nh][1] = e->end;
+            nh++;
         }
-        Py_DECREF(t);
     }
+    PyObject *list = PyList_New(nh);
+    for (Py_ssize_t k = 0; list != NULL && k < nh; k++) {
+        PyObject *t = Py_BuildValue("KK", (unsigned long long)holes[k][0],
+                                    (unsigned long long)holes[k][1]);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, k, t);
+    }
+    PyMem_RawFree(holes);
     return list;
 }
 
@@ -1799,9 +1966,7 @@ static PyObject *
 core_gate_state(Core *c, PyObject *unused)
 {
     (void)unused;
-    Py_ssize_t claims = 0;
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        claims += c->ents[i].kind == E_CLAIM;
+    Py_ssize_t claims = c->n - c->nholes - c->nmapped;
     return Py_BuildValue("lOllnn", c->shared, c->exclusive ? Py_True : Py_False, c->waiting,
                          c->queued, claims, c->n);
 }
@@ -1858,10 +2023,7 @@ static PyObject *
 core_get_count(Core *c, void *unused)
 {
     (void)unused;
-    Py_ssize_t k = 0;
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        k += c->ents[i].kind == E_MAPPED;
-    return PyLong_FromSsize_t(k);
+    return PyLong_FromSsize_t(c->nmapped);
 }
 
 static PyGetSetDef core_getset[] = {
@@ -1882,8 +2044,8 @@ static int
 core_traverse(Core *c, visitproc visit, void *arg)
 {
     Py_VISIT(c->facade);
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        Py_VISIT(c->ents[i].m);
+    FOR_EACH(c, p)
+        Py_VISIT(ENTRY(c, p)->m);
     return 0;
 }
 
@@ -1891,9 +2053,12 @@ static int
 core_clear(Core *c)
 {
     Py_CLEAR(c->facade);
-    for (Py_ssize_t i = 0; i < c->n; i++)
-        Py_CLEAR(c->ents[i].m);
-    c->n = c->nholes = 0; /* collected: the finalizer (close) has run */
+    /* Collected: the finalizer (close) has run. The buckets stay (freed by dealloc). */
+    FOR_EACH(c, p)
+        Py_CLEAR(ENTRY(c, p)->m);
+    for (Py_ssize_t b = 0; b < c->nb; b++)
+        PyMem_RawFree(c->bk[b]);
+    c->nb = c->n = c->nholes = c->nmapped = 0;
     return 0;
 }
 
@@ -1904,7 +2069,12 @@ core_dealloc(Core *c)
     if (c->weakreflist != NULL)
         PyObject_ClearWeakRefs((PyObject *)c);
     core_clear(c);
-    PyMem_RawFree(c->ents);
+    PyMem_RawFree(c->bk);
+    while (c->free_list != NULL) {
+        Bucket *f = c->free_list;
+        c->free_list = f->next_free;
+        PyMem_RawFree(f);
+    }
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     /* A subclass's dealloc releases its heap type (the base is static). */
