@@ -14,6 +14,8 @@ import gc
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import warnings
 from collections.abc import Callable
 
@@ -21,7 +23,9 @@ import numpy as np
 import pytest
 
 import kernel
+from aiopmem import _ffi
 from aiopmem.sync import ClosedError, Reservation, reserve
+from aiopmem.testing import inject
 from sizes import P
 
 N = 4 * P
@@ -263,3 +267,55 @@ def test_view_registrations_do_not_grow_with_views_taken() -> None:
         assert len(m._views) <= 2 * 16
         del keep
         m.unmap()
+
+
+def test_a_view_made_while_a_collection_lets_a_map_claim_before_it_pins_the_right_mapping() -> None:
+    """Making a view allocates, an allocation may start a garbage collection, and a collection
+    may let another thread run: here a map claims a range *before* the viewed mapping while
+    the view is being made (its mmap slowed), which moves the index entries after it. The view
+    must still be registered with the mapping it covers (seen: registered with a neighbour,
+    so the covered mapping could be unmapped under the live view; or a segfault on the claim)."""
+    rsv = reserve(64 * P)
+    try:
+        rsv.map_anonymous(0, P)
+        neighbour = rsv.map_anonymous(4 * P, P)
+        target = rsv.map_anonymous(6 * P, P)
+        go = threading.Event()
+        outcome: list[object] = []
+
+        def mapper() -> None:
+            go.wait()
+            with inject("mmap", delay=0.5):
+                outcome.append(rsv.map_anonymous(2 * P, P))
+
+        thread = threading.Thread(target=mapper)
+        thread.start()
+        armed = [True]
+
+        def during_collection(phase: str, info: dict[str, int]) -> None:
+            caller = sys._getframe(1)
+            if phase == "start" and armed[0] and caller.f_code.co_name == "view":
+                armed[0] = False
+                go.set()
+                time.sleep(0.2)  # the mapper claims [2P, 3P) meanwhile, then sleeps in mmap
+
+        gc.callbacks.append(during_collection)
+        threshold = gc.get_threshold()
+        gc.set_threshold(1)
+        try:
+            view = rsv.view(6 * P, P)
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.remove(during_collection)
+        thread.join()
+        assert not armed[0], "the collection did not run while the view was made"
+        assert len(outcome) == 1
+        assert _ffi.live_views((target._views,)) == 1
+        assert _ffi.live_views((neighbour._views,)) == 0
+        with pytest.raises(BufferError):
+            target.unmap()
+        view.release()
+    finally:
+        for m in rsv.mappings():
+            m.unmap()
+        rsv.close()

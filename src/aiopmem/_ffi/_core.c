@@ -913,6 +913,7 @@ index_insert(Core *c, uint64_t lo, uint64_t hi, MapObj *m, int kind)
     c->n++;
     if (kind == E_HOLE)
         c->nholes++;
+    c->version++; /* positions after it moved: a view being made must look again */
 }
 
 /* Remove the entry at p; returns its mapping reference (to be released once the state is
@@ -927,6 +928,7 @@ index_remove_at(Core *c, Pos p)
     memmove(&k->e[p.i], &k->e[p.i + 1], (size_t)(k->n - p.i - 1) * sizeof(Entry));
     k->n--;
     c->n--;
+    c->version++;
     if (k->n == 0) {
         memmove(&c->bk[p.b], &c->bk[p.b + 1], (size_t)(c->nb - p.b - 1) * sizeof(Bucket *));
         c->nb--;
@@ -1125,6 +1127,22 @@ enum {
 };
 #define HOLE_BIT (1 << 24)
 
+/* Copy the holes' ranges, in order, into `holes` (room for c->nholes); returns how many. */
+static Py_ssize_t
+copy_holes(Core *c, uint64_t (*holes)[2])
+{
+    Py_ssize_t nh = 0;
+    FOR_EACH(c, p) {
+        Entry *e = ENTRY(c, p);
+        if (e->kind == E_HOLE) {
+            holes[nh][0] = e->start;
+            holes[nh][1] = e->end;
+            nh++;
+        }
+    }
+    return nh;
+}
+
 /* Re-take every hole (exclusive admission held; GIL released around the syscalls). */
 static void
 repair_holes(Core *c)
@@ -1135,14 +1153,7 @@ repair_holes(Core *c)
     uint64_t (*holes)[2] = PyMem_RawMalloc((size_t)c->nholes * sizeof *holes);
     if (holes == NULL)
         return; /* repaired next time */
-    FOR_EACH(c, p) {
-        Entry *e = ENTRY(c, p);
-        if (e->kind == E_HOLE) {
-            holes[nh][0] = e->start;
-            holes[nh][1] = e->end;
-            nh++;
-        }
-    }
+    nh = copy_holes(c, holes);
     int *ok = PyMem_RawCalloc((size_t)nh, sizeof(int));
     if (ok == NULL) {
         PyMem_RawFree(holes);
@@ -1340,6 +1351,7 @@ core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
         if (hole) {
             claim->kind = E_HOLE;
             c->nholes++;
+            c->version++;
         }
         else
             index_remove_at(c, pos);
@@ -1381,6 +1393,8 @@ core_unmap(Core *c, PyObject *arg)
     MapObj *m = as_mapping(c, arg);
     if (m == NULL)
         return NULL;
+    if (m->state == ST_NEW) /* found by the collector while its map waits: not mapped yet */
+        return PyLong_FromLong(0);
     if (m->state != ST_OPEN || m->pins || !try_enter_shared(c)) {
         if (m->state == ST_CLOSED)
             return PyLong_FromLong(0);
@@ -1926,14 +1940,7 @@ core_holes(Core *c, PyObject *unused)
     uint64_t (*holes)[2] = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *holes);
     if (holes == NULL)
         return PyErr_NoMemory();
-    FOR_EACH(c, p) {
-        Entry *e = ENTRY(c, p);
-        if (e->kind == E_HOLE) {
-            holes[nh][0] = e->start;
-            holes[nh][1] = e->end;
-            nh++;
-        }
-    }
+    nh = copy_holes(c, holes);
     PyObject *list = PyList_New(nh);
     for (Py_ssize_t k = 0; list != NULL && k < nh; k++) {
         PyObject *t = Py_BuildValue("KK", (unsigned long long)holes[k][0],
@@ -2053,12 +2060,26 @@ static int
 core_clear(Core *c)
 {
     Py_CLEAR(c->facade);
-    /* Collected: the finalizer (close) has run. The buckets stay (freed by dealloc). */
-    FOR_EACH(c, p)
-        Py_CLEAR(ENTRY(c, p)->m);
+    /* Collected (its finalizer, close(), has run): the index is emptied first and the
+       references dropped after, since a mapping's dealloc may run code that uses it. */
+    MapObj **drop = c->nmapped ? PyMem_RawMalloc((size_t)c->nmapped * sizeof(MapObj *)) : NULL;
+    Py_ssize_t nd = 0;
+    if (drop != NULL || !c->nmapped) {
+        FOR_EACH(c, p) {
+            Entry *e = ENTRY(c, p);
+            if (e->m != NULL)
+                drop[nd++] = e->m;
+        }
+    }
+    else { /* no memory: the references leak rather than being dropped mid-walk */
+    }
     for (Py_ssize_t b = 0; b < c->nb; b++)
         PyMem_RawFree(c->bk[b]);
     c->nb = c->n = c->nholes = c->nmapped = 0;
+    c->version++;
+    for (Py_ssize_t k = 0; k < nd; k++)
+        Py_DECREF(drop[k]);
+    PyMem_RawFree(drop);
     return 0;
 }
 
