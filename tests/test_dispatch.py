@@ -11,7 +11,6 @@ import gc
 import random
 import threading
 import time
-import types
 import weakref
 from typing import Any
 
@@ -103,9 +102,7 @@ def test_failed_thread_start_leaves_no_phantom_worker(monkeypatch: pytest.Monkey
         def start(self) -> None:
             raise RuntimeError("can't start new thread")
 
-    failing = types.SimpleNamespace(**vars(threading))  # the module _workers imports
-    failing.Thread = NoThread
-    monkeypatch.setattr(_workers, "threading", failing)
+    monkeypatch.setattr(pool, "_thread_type", NoThread)  # what the pool starts workers with
     lost = threading.Event()
     with pytest.raises(RuntimeError, match="can't start new thread"):
         pool.submit(_workers.Job(int, (), _direct_port(lost)))
@@ -140,9 +137,7 @@ def test_failed_spare_start_with_a_running_worker(monkeypatch: pytest.MonkeyPatc
         def start(self) -> None:
             raise RuntimeError("can't start new thread")
 
-    failing = types.SimpleNamespace(**vars(threading))  # the module _workers imports
-    failing.Thread = NoThread
-    monkeypatch.setattr(_workers, "threading", failing)
+    monkeypatch.setattr(pool, "_thread_type", NoThread)  # what the pool starts workers with
     pool.submit(_workers.Job(int, (), _direct_port(second)))  # no raise: it is queued
     monkeypatch.undo()
     assert pool._threads == 1

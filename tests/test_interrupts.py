@@ -15,6 +15,7 @@ complete; descriptors the library opens close when their owner dies.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import sys
 import threading
@@ -286,3 +287,99 @@ def test_a_signal_storm_never_tears_the_reservation(tmp_path: Path) -> None:
     for m in rsv.mappings():  # maps whose caller was interrupted after they were made
         m.unmap()
     still_works(rsv, kernel.open_fds())
+
+
+@pytest.mark.parametrize(
+    ("backend", "options"),
+    [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True}), ("trio", {})],
+    ids=["asyncio", "uvloop", "trio"],
+)
+def test_ctrl_c_at_random_moments_of_async_calls(backend: str, options: dict[str, Any]) -> None:
+    """Real Ctrl-C (SIGINT) at random moments while tasks of the async API map, persist,
+    unmap, extend and shrink, one event loop run after another: each run ends with the
+    KeyboardInterrupt, and afterwards, from a new event loop, every mapping listed unmaps and
+    maps, extend and aclose() work (asyncio turns Ctrl-C into the cancellation of the main
+    task; trio raises it in the main task; both must leave the library usable)."""
+    import os
+    import random
+    import signal
+
+    import anyio
+
+    rng = random.Random(5)
+    holder: list[aiopmem.Reservation] = []
+
+    async def setup() -> None:
+        holder.append(await aiopmem.reserve(64 * P))
+
+    anyio.run(setup, backend=backend, backend_options=options)
+    [rsv] = holder
+
+    async def mapper() -> None:
+        while True:
+            try:
+                m = await rsv.map_anonymous(rng.randrange(16) * P, P)
+            except aiopmem.MappingExistsError:
+                await anyio.lowlevel.checkpoint()
+                continue
+            await m.persist()
+            await m.unmap()
+
+    async def extender() -> None:
+        while True:
+            await rsv.extend(P)
+            await rsv.shrink(rsv.size - P, P)
+
+    async def body() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(mapper)
+            tg.start_soon(extender)
+
+    outcomes: list[BaseException] = []
+    for _ in range(25):
+        timer = threading.Timer(rng.uniform(0.002, 0.03), os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            anyio.run(body, backend=backend, backend_options=options)
+        except BaseException as exc:  # KeyboardInterrupt, alone or in a group (trio)
+            outcomes.append(exc)
+        while True:  # a signal that came just after the run ended is not the test's subject
+            try:
+                timer.join()
+                break
+            except KeyboardInterrupt:
+                pass
+    # Python 3.10's asyncio.run can end such a run with the main task's CancelledError.
+    expected = (
+        (KeyboardInterrupt, asyncio.CancelledError) if backend == "asyncio" else KeyboardInterrupt
+    )
+    for outcome in outcomes:
+        leaves = getattr(outcome, "exceptions", (outcome,))
+        assert all(isinstance(e, expected) for e in leaves), outcome
+    assert len(outcomes) >= 20
+    TALLY["interrupts: Ctrl-C in async runs"] += len(outcomes)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def use_and_close() -> None:
+        async def go() -> None:
+            with anyio.fail_after(5):
+                for m in rsv.mappings():  # made for callers the interrupt stopped
+                    await m.unmap()
+                m = await rsv.map_anonymous(20 * P, P)
+                await m.unmap()
+                await rsv.extend(P)
+                await rsv.aclose()
+
+        try:
+            anyio.run(go, backend=backend, backend_options=options)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=use_and_close, daemon=True).start()
+    assert done.wait(10), "the reservation hangs after the interrupted runs"
+    assert not errors, errors
+    assert rsv.closed

@@ -74,14 +74,15 @@ async def test_slow_jobs_run_in_parallel_and_do_not_hold_up_fast_ones() -> None:
 
 async def test_event_loop_woken_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     deliveries = 0
-    real = _workers.Port._deliver_all
+    real = _workers.deliver_all  # type: ignore[attr-defined]
 
-    def counting(self: _workers.Port) -> None:
+    def counting(port: _workers.Port) -> None:
         nonlocal deliveries
         deliveries += 1
-        real(self)
+        real(port)
 
-    monkeypatch.setattr(_workers.Port, "_deliver_all", counting)
+    # Ports are made per event loop, on first use: this test's loop gets a counting one.
+    monkeypatch.setattr(_workers, "deliver_all", counting)
     gate = threading.Event()
 
     def blocked() -> None:

@@ -74,13 +74,6 @@ def _trio_guest() -> bool:
 # -- asyncio -------------------------------------------------------------------------------------
 
 
-def _asyncio_deliver(job: Job) -> None:
-    job.delivered = True
-    waiter = job.waiter
-    if not waiter.done():  # a cancelled waiter: the task re-waits (see _run_asyncio)
-        waiter.set_result(None)
-
-
 def _weakly(owner: Any, method: str) -> Callable[[Callable[[], None]], object]:
     """``owner.<method>`` without a strong reference to ``owner``: a port is the value of a
     weak-keyed entry whose key is ``owner``, and a strong one would keep every event loop (or
@@ -100,7 +93,7 @@ def _weakly(owner: Any, method: str) -> Callable[[Callable[[], None]], object]:
 def _asyncio_port(loop: asyncio.AbstractEventLoop) -> Port:
     port = _asyncio_ports.get(loop)
     if port is None:
-        port = _asyncio_ports[loop] = Port(_weakly(loop, "call_soon_threadsafe"), _asyncio_deliver)
+        port = _asyncio_ports[loop] = Port(_weakly(loop, "call_soon_threadsafe"), None)
     return port
 
 
@@ -158,21 +151,15 @@ _trio_ports: weakref.WeakKeyDictionary[object, Port] = weakref.WeakKeyDictionary
 
 
 def _trio_port() -> Port:
+    import outcome
     import trio
 
     token = trio.lowlevel.current_trio_token()
     port = _trio_ports.get(token)
     if port is None:
-        port = _trio_ports[token] = Port(_weakly(token, "run_sync_soon"), _trio_deliver)
+        how = (trio.lowlevel.reschedule, outcome.Value)
+        port = _trio_ports[token] = Port(_weakly(token, "run_sync_soon"), how)
     return port
-
-
-def _trio_deliver(job: Job) -> None:
-    import outcome
-    import trio
-
-    job.delivered = True
-    trio.lowlevel.reschedule(job.waiter, outcome.Value(None))
 
 
 async def _run_trio(

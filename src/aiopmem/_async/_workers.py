@@ -22,6 +22,7 @@ waits for it, so none is in flight when the interpreter exits normally.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Final, final
 
 from .._core._gate import Ticket, set_ticket
+from .._ffi import deliver_all, pool_submit, wake_or_start
 
 __all__ = ["Job", "Port", "submit"]
 
@@ -50,18 +52,26 @@ class Port:
 
     ``schedule(callback)`` is the backend's thread-safe "call soon" primitive; it is called at
     most once per batch: while a delivery is pending, more finished jobs just join the batch.
+    The batch is handed over on the loop by one C call (``_ffi.deliver_all``), which no
+    interrupt can stop halfway with the port's lock held; ``how`` says how a job reaches its
+    task: None for an asyncio future (its result is set), ``(reschedule, Value)`` for a trio
+    task (``trio.lowlevel.reschedule(task, outcome.Value(None))``), or a callable taking the
+    job (a port with no event loop behind it).
     """
 
-    __slots__ = ("deliver", "done", "lock", "pending", "schedule")
+    __slots__ = ("_callback", "done", "how", "lock", "pending", "schedule")
 
     def __init__(
-        self, schedule: Callable[[Callable[[], None]], object], deliver: Callable[[Job], None]
+        self,
+        schedule: Callable[[Callable[[], None]], object],
+        how: tuple[Any, Any] | Callable[[Job], object] | None,
     ) -> None:
         self.schedule = schedule
-        self.deliver = deliver
+        self.how = how
         self.done: deque[Job] = deque()
         self.lock = threading.Lock()
         self.pending = False
+        self._callback = functools.partial(deliver_all, self)
 
     def finished(self, job: Job) -> None:
         """Called by a worker: queue ``job`` for the loop, waking it unless a wake is pending."""
@@ -71,7 +81,7 @@ class Port:
                 return
             self.pending = True
         try:
-            self.schedule(self._deliver_all)
+            self.schedule(self._callback)
         except Exception:
             # The loop is gone (a closed asyncio loop, a finished trio run): nobody can take
             # this outcome any more. The worker must survive this: a dead worker would count
@@ -79,15 +89,6 @@ class Port:
             with self.lock:
                 self.pending = False
             self.done.clear()  # for good: do not keep the loop alive through the jobs
-
-    def _deliver_all(self) -> None:
-        """Runs on the event loop: hand every finished job to its waiting task."""
-        with self.lock:
-            self.pending = False
-        done = self.done
-        deliver = self.deliver
-        while done:
-            deliver(done.popleft())
 
 
 @final
@@ -146,24 +147,6 @@ class Job:
         return self.result
 
 
-class _LifoCondition(threading.Condition):
-    """A condition whose ``notify`` wakes the most recent waiter, not the oldest: the worker
-    that went idle last is the one whose stack and caches are still warm, and waking in LIFO
-    order keeps bursts of jobs on the same thread instead of rotating through the idle ones.
-    (Relies on ``threading.Condition`` keeping its waiters' locks in ``_waiters``, as it has
-    since Python 3.2.)"""
-
-    def notify(self, n: int = 1) -> None:
-        waiters = self._waiters  # type: ignore[attr-defined]
-        while waiters and n > 0:
-            waiter = waiters.pop()
-            try:
-                waiter.release()
-            except RuntimeError:  # already released by a timeout racing with us
-                continue
-            n -= 1
-
-
 @final
 class _Pool:
     """Counters (under ``_lock``): ``_threads`` workers exist; ``_running`` of them run a job,
@@ -177,18 +160,23 @@ class _Pool:
         "_idle",
         "_idle_cond",
         "_lock",
+        "_max_workers",
         "_names",
         "_queue",
         "_running",
         "_spare",
         "_spare_cond",
+        "_thread_type",
         "_threads",
         "_waking",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle_cond = _LifoCondition(self._lock)
+        #: Notified newest waiter first (by ``_ffi.wake_or_start``): the worker that went idle
+        #: last is the one whose stack and caches are still warm, and waking in LIFO order
+        #: keeps bursts of jobs on the same thread instead of rotating through the idle ones.
+        self._idle_cond = threading.Condition(self._lock)
         self._spare_cond = threading.Condition(self._lock)
         self._queue: deque[Job] = deque()
         self._threads = 0
@@ -199,43 +187,23 @@ class _Pool:
         #: Start time of each running job, by worker.
         self._busy: dict[int, float] = {}
         self._names = itertools.count(1)
+        self._max_workers = MAX_WORKERS
+        self._thread_type = threading.Thread
 
     def submit(self, job: Job) -> None:
-        job.submitted = time.monotonic()
-        with self._lock:
-            self._queue.append(job)
-            if self._waking or self._threads > self._running + self._idle + self._spare:
-                return  # a worker is about to look at the queue
-            if self._running:
-                # The running worker takes the job when it is done; a spare must watch in case
-                # it is slow. Fast jobs thus stay on one thread.
-                if self._spare:
-                    return
-            elif self._spare:
-                self._spare_cond.notify()
-                self._waking = True
-                return
-            try:
-                self._wake_or_start()
-            except Exception:
-                if not self._running:  # no worker at all: the job would never run
-                    self._queue.remove(job)
-                    raise
-                # A running worker takes the job when it is done; only the spare is missing.
+        """Queue ``job`` and make sure a worker looks at it: one C call (``_ffi.submit``), so
+        that an interrupt on the event loop's thread can never leave the pool's lock held.
+        What it does, under the lock: if a worker is about to look at the queue (woken, or in
+        transit), nothing more; if one runs a job, it takes this one when done, and a spare
+        is woken or started to watch in case it is slow (fast jobs stay on one thread); else
+        an idle worker is woken (``_wake_or_start``), or a new one started. If no worker can
+        be had at all, the job is taken back and the error raised."""
+        pool_submit(self, job)
 
     def _wake_or_start(self) -> None:
-        """Get one more worker to look at the queue (lock held; may release it to start)."""
-        if self._idle:
-            self._idle_cond.notify()
-            self._waking = True
-        elif self._threads < MAX_WORKERS:
-            self._threads += 1
-            name = f"aiopmem-worker-{next(self._names)}"
-            try:
-                threading.Thread(target=self._work, name=name, daemon=True).start()
-            except Exception:  # e.g. "can't start new thread": no phantom worker
-                self._threads -= 1
-                raise
+        """Get one more worker to look at the queue (lock held): the idle one that waited
+        last, or a new thread (``_ffi.wake_or_start``)."""
+        wake_or_start(self)
 
     def _take(self, me: int) -> Job | None:
         """Wait for a job this worker should run (lock held); None: retire the thread."""

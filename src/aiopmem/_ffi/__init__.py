@@ -45,13 +45,16 @@ from ._core import (
     MappingBase,
     ReservationBase,
     Ticket,
+    deliver_all,
     new_view,
     reserve,
     set_ticket,
+    wake_or_start,
 )
 from ._core import OwnedFd as OwnedFd
 from ._core import live as live_views
 from ._core import open_path as _open_path
+from ._core import submit as pool_submit
 from ._lib import ffi, lib
 
 __all__ = [
@@ -101,6 +104,7 @@ __all__ = [
     "MappingBase",
     "ReservationBase",
     "Ticket",
+    "deliver_all",
     "fdcheck",
     "last_dev",
     "live_views",
@@ -111,10 +115,12 @@ __all__ = [
     "munmap",
     "new_view",
     "open_path",
+    "pool_submit",
     "raw_fdcheck",
     "reserve",
     "set_ticket",
     "strerror",
+    "wake_or_start",
 ]
 
 PAGE_SIZE: Final[int] = int(lib.ap_page_size())

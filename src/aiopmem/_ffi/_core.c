@@ -2394,6 +2394,312 @@ open_path(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)o;
 }
 
+/* ==================================================================== async handoff ==== */
+
+/* The two places where the async layer's bookkeeping runs on an event loop's thread: queueing
+   a job for the worker pool (_async/_workers.py, _Pool) and handing finished jobs to their
+   tasks (Port). Written as Python they hold a threading.Lock across lines, and an interrupt at
+   one of those lines (a trace function's or a signal handler's exception) could leave the lock
+   held, every later call then hanging. Here each is one C call that runs no Python code of
+   the library: it calls methods of the standard objects (the lock, the deque, the condition,
+   threading.Thread, the future or trio's reschedule) and sets the pool's fields. The logic is
+   the pool's, documented there; the worker threads (which no interrupt reaches) run the rest
+   of it in Python. */
+
+static int
+get_long_attr(PyObject *o, const char *name, long *out)
+{
+    PyObject *v = PyObject_GetAttrString(o, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int
+set_long_attr(PyObject *o, const char *name, long value)
+{
+    PyObject *v = PyLong_FromLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttrString(o, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+call_noargs(PyObject *o, const char *method)
+{
+    PyObject *r = PyObject_CallMethod(o, method, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* wake_or_start(pool): get one more worker to look at the queue (the pool's lock held): wake
+   the idle worker that went idle last (its caches are warm: LIFO, by releasing the newest
+   waiter of the idle condition), or start a thread. */
+static PyObject *
+wake_or_start(PyObject *module, PyObject *pool)
+{
+    (void)module;
+    long idle, threads, max_workers;
+    if (get_long_attr(pool, "_idle", &idle) < 0 || get_long_attr(pool, "_threads", &threads) < 0 ||
+        get_long_attr(pool, "_max_workers", &max_workers) < 0)
+        return NULL;
+    if (idle) {
+        PyObject *cond = PyObject_GetAttrString(pool, "_idle_cond");
+        PyObject *waiters = cond ? PyObject_GetAttrString(cond, "_waiters") : NULL;
+        Py_XDECREF(cond);
+        if (waiters == NULL)
+            return NULL;
+        for (;;) {
+            Py_ssize_t n = PyObject_Length(waiters);
+            if (n <= 0)
+                break;
+            PyObject *w = PyObject_CallMethod(waiters, "pop", NULL);
+            if (w == NULL) {
+                Py_DECREF(waiters);
+                return NULL;
+            }
+            PyObject *r = PyObject_CallMethod(w, "release", NULL);
+            Py_DECREF(w);
+            if (r != NULL) {
+                Py_DECREF(r);
+                break;
+            }
+            if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) { /* not "released by a timeout" */
+                Py_DECREF(waiters);
+                return NULL;
+            }
+            PyErr_Clear();
+        }
+        Py_DECREF(waiters);
+        if (PyObject_SetAttrString(pool, "_waking", Py_True) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (threads >= max_workers)
+        Py_RETURN_NONE;
+    PyObject *names = PyObject_GetAttrString(pool, "_names");
+    PyObject *number = names ? PyIter_Next(names) : NULL;
+    Py_XDECREF(names);
+    if (number == NULL)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_RuntimeError, "no worker name");
+    PyObject *name = PyUnicode_FromFormat("aiopmem-worker-%S", number);
+    Py_DECREF(number);
+    PyObject *factory = name ? PyObject_GetAttrString(pool, "_thread_type") : NULL;
+    PyObject *target = factory ? PyObject_GetAttrString(pool, "_work") : NULL;
+    PyObject *kw = target ? Py_BuildValue("{sOsOsO}", "target", target, "name", name, "daemon",
+                                          Py_True)
+                          : NULL;
+    PyObject *empty = kw ? PyTuple_New(0) : NULL;
+    PyObject *thread = empty ? PyObject_Call(factory, empty, kw) : NULL;
+    Py_XDECREF(empty);
+    Py_XDECREF(kw);
+    Py_XDECREF(target);
+    Py_XDECREF(factory);
+    Py_XDECREF(name);
+    if (thread == NULL || set_long_attr(pool, "_threads", threads + 1) < 0) {
+        Py_XDECREF(thread);
+        return NULL;
+    }
+    if (call_noargs(thread, "start") < 0) { /* e.g. "can't start new thread": no phantom */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        set_long_attr(pool, "_threads", threads);
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(thread);
+        return NULL;
+    }
+    Py_DECREF(thread);
+    Py_RETURN_NONE;
+}
+
+/* submit(pool, job): queue the job and make sure a worker will look at it. */
+static PyObject *
+pool_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "submit(pool, job)");
+    PyObject *pool = args[0], *job = args[1];
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    PyObject *now = PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    if (now == NULL || PyObject_SetAttrString(job, "submitted", now) < 0) {
+        Py_XDECREF(now);
+        return NULL;
+    }
+    Py_DECREF(now);
+    PyObject *lock = PyObject_GetAttrString(pool, "_lock");
+    if (lock == NULL || call_noargs(lock, "acquire") < 0) {
+        Py_XDECREF(lock);
+        return NULL;
+    }
+    /* From here the lock is held: every path below releases it. */
+    PyObject *queue = PyObject_GetAttrString(pool, "_queue"), *result = NULL;
+    long threads, running, idle, spare;
+    int waking = -1;
+    if (queue == NULL)
+        goto out;
+    PyObject *r = PyObject_CallMethod(queue, "append", "O", job);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    PyObject *w = PyObject_GetAttrString(pool, "_waking");
+    if (w != NULL) {
+        waking = PyObject_IsTrue(w);
+        Py_DECREF(w);
+    }
+    if (waking < 0 || get_long_attr(pool, "_threads", &threads) < 0 ||
+        get_long_attr(pool, "_running", &running) < 0 || get_long_attr(pool, "_idle", &idle) < 0 ||
+        get_long_attr(pool, "_spare", &spare) < 0) {
+        /* the job is queued, but nobody may know: take it back */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        Py_XDECREF(PyObject_CallMethod(queue, "remove", "O", job));
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        goto out;
+    }
+    if (waking || threads > running + idle + spare) { /* a worker is about to look */
+        result = Py_None;
+        goto out;
+    }
+    if (running) { /* it takes the job when done; a spare must watch in case it is slow */
+        if (spare) {
+            result = Py_None;
+            goto out;
+        }
+    }
+    else if (spare) {
+        PyObject *cond = PyObject_GetAttrString(pool, "_spare_cond");
+        int ok = cond != NULL && call_noargs(cond, "notify") == 0;
+        Py_XDECREF(cond);
+        if (ok && PyObject_SetAttrString(pool, "_waking", Py_True) == 0)
+            result = Py_None;
+        goto out;
+    }
+    PyObject *started = wake_or_start(module, pool);
+    if (started != NULL) {
+        Py_DECREF(started);
+        result = Py_None;
+    }
+    else if (running) { /* a running worker takes the job when done; only the spare is missing */
+        PyErr_Clear();
+        result = Py_None;
+    }
+    else { /* no worker at all: the job would never run */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        Py_XDECREF(PyObject_CallMethod(queue, "remove", "O", job));
+        PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+out:
+    Py_XDECREF(queue);
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *rel = PyObject_CallMethod(lock, "release", NULL);
+        Py_XDECREF(rel);
+        if (rel == NULL)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(lock);
+    if (result == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Hand one finished job to its task: `how` is None for an asyncio future (set its result
+   unless it is done: a cancelled waiter re-waits), (reschedule, Value) for a trio task, or a
+   callable that takes the job (a port without an event loop). */
+static int
+deliver_one(PyObject *job, PyObject *how)
+{
+    if (PyObject_SetAttrString(job, "delivered", Py_True) < 0)
+        return -1;
+    if (how != Py_None && !PyTuple_Check(how)) {
+        PyObject *r = PyObject_CallOneArg(how, job);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    PyObject *waiter = PyObject_GetAttrString(job, "waiter");
+    if (waiter == NULL)
+        return -1;
+    int rc = -1;
+    if (how == Py_None) {
+        PyObject *d = PyObject_CallMethod(waiter, "done", NULL);
+        int done = d == NULL ? -1 : PyObject_IsTrue(d);
+        Py_XDECREF(d);
+        if (done == 0) {
+            PyObject *r = PyObject_CallMethod(waiter, "set_result", "O", Py_None);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
+        else
+            rc = done < 0 ? -1 : 0;
+    }
+    else {
+        PyObject *value = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 1), Py_None, NULL);
+        PyObject *r = value ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 0), waiter, value,
+                                                           NULL)
+                            : NULL;
+        rc = r == NULL ? -1 : 0;
+        Py_XDECREF(r);
+        Py_XDECREF(value);
+    }
+    Py_DECREF(waiter);
+    return rc;
+}
+
+/* deliver_all(port): runs on the event loop: hand every finished job to its task. */
+static PyObject *
+deliver_all(PyObject *module, PyObject *port)
+{
+    (void)module;
+    PyObject *lock = PyObject_GetAttrString(port, "lock");
+    if (lock == NULL || call_noargs(lock, "acquire") < 0) {
+        Py_XDECREF(lock);
+        return NULL;
+    }
+    int set = PyObject_SetAttrString(port, "pending", Py_False);
+    PyObject *rel = PyObject_CallMethod(lock, "release", NULL);
+    Py_DECREF(lock);
+    if (set < 0 || rel == NULL) {
+        Py_XDECREF(rel);
+        return NULL;
+    }
+    Py_DECREF(rel);
+    PyObject *done = PyObject_GetAttrString(port, "done");
+    PyObject *how = done ? PyObject_GetAttrString(port, "how") : NULL;
+    if (how == NULL || (PyTuple_Check(how) && PyTuple_GET_SIZE(how) != 2) ||
+        (how != Py_None && !PyTuple_Check(how) && !PyCallable_Check(how))) {
+        if (how != NULL)
+            PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value) or callable");
+        Py_XDECREF(how);
+        Py_XDECREF(done);
+        return NULL;
+    }
+    int rc = 0;
+    while (rc == 0 && PyObject_Length(done) > 0) {
+        PyObject *job = PyObject_CallMethod(done, "popleft", NULL);
+        if (job == NULL) {
+            rc = -1;
+            break;
+        }
+        rc = deliver_one(job, how);
+        Py_DECREF(job);
+    }
+    Py_DECREF(how);
+    Py_DECREF(done);
+    if (rc < 0)
+        return NULL; /* what is left is delivered with the next finished job */
+    Py_RETURN_NONE;
+}
+
 /* =========================================================================== module ==== */
 
 static PyMethodDef module_methods[] = {
@@ -2407,6 +2713,12 @@ static PyMethodDef module_methods[] = {
     {"intercept", (PyCFunction)intercept, METH_O,
      "intercept(syscall) -> errno to fail with, or 0 (sleeps as injected)"},
     {"set_ticket", (PyCFunction)set_ticket, METH_O, NULL},
+    {"submit", (PyCFunction)(void (*)(void))pool_submit, METH_FASTCALL,
+     "submit(pool, job): queue a job for the async worker pool (see _async/_workers.py)"},
+    {"wake_or_start", (PyCFunction)wake_or_start, METH_O,
+     "wake_or_start(pool): one more worker looks at the queue (pool lock held)"},
+    {"deliver_all", (PyCFunction)deliver_all, METH_O,
+     "deliver_all(port): hand every finished job of the port to its task (on its event loop)"},
     {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,
      "open_path(path, flags) -> OwnedFd (O_CLOEXEC; closed when it dies)"},
     {NULL, NULL, 0, NULL},
