@@ -46,8 +46,8 @@ class Interrupt:
         self.fired = False
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if not frame.f_code.co_filename.startswith(LIBRARY):
-            return None
+        if not frame.f_code.co_filename.startswith(LIBRARY) or frame.f_code.co_name == "__del__":
+            return None  # (an exception in __del__ is ignored, only reported: not the subject)
         if event == "line" and not self.fired:
             self.seen += 1
             if self.seen == self.k:
@@ -289,6 +289,15 @@ def test_a_signal_storm_never_tears_the_reservation(tmp_path: Path) -> None:
     still_works(rsv, kernel.open_fds())
 
 
+#: An event loop stopped by an interrupt leaves objects of the backend (trio's nursery and
+#: runner, an asyncio selector) whose finalizers complain when collected; those reports are
+#: the backend's. One that passes through aiopmem's code still fails the test.
+BACKEND_GARBAGE = pytest.mark.filterwarnings(
+    "ignore:(?s)(?!.*aiopmem).*:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@BACKEND_GARBAGE
 @pytest.mark.parametrize(
     ("backend", "options"),
     [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True}), ("trio", {})],
@@ -383,3 +392,93 @@ def test_ctrl_c_at_random_moments_of_async_calls(backend: str, options: dict[str
     assert done.wait(10), "the reservation hangs after the interrupted runs"
     assert not errors, errors
     assert rsv.closed
+    gc.collect()  # the backends' leftovers are reported here, not in a later test
+
+
+ASYNC_CALLS: dict[str, Callable[[Any, Any], Any]] = {
+    "map_anonymous": lambda rsv, m: rsv.map_anonymous(4 * P, P),
+    "unmap": lambda rsv, m: m.unmap(),
+    "persist": lambda rsv, m: m.persist(),
+    "extend": lambda rsv, m: rsv.extend(P),
+    "aclose": lambda rsv, m: rsv.aclose(),
+}
+
+
+def _at_rest(rsv: aiopmem.Reservation) -> None:
+    """Wait until no job of the reservation is in flight (an interrupted run does not wait
+    for the job it submitted: the job still ends, in its worker)."""
+    import time
+
+    deadline = time.monotonic() + 5
+    while rsv.sync._gate_state()[:4] != (0, False, 0, 0):
+        assert time.monotonic() < deadline, "a job never ended"
+        time.sleep(0.001)
+
+
+async def _reserve_and_map() -> tuple[aiopmem.Reservation, aiopmem.Mapping]:
+    rsv = await aiopmem.reserve(16 * P)
+    return rsv, await rsv.map_anonymous(0, P)
+
+
+async def _awaiting(call: Callable[[Any, Any], Any], rsv: Any, m: Any) -> None:
+    await call(rsv, m)
+
+
+def _use_and_close_async(
+    rsv: aiopmem.Reservation, backend: str, errors: list[BaseException]
+) -> None:
+    """From a new event loop: unmap what is listed, map, extend, aclose."""
+    import anyio
+
+    async def go() -> None:
+        with anyio.fail_after(5):
+            for listed in rsv.mappings():
+                await listed.unmap()
+            new = await rsv.map_anonymous(12 * P, P)
+            await new.unmap()
+            await rsv.extend(P)
+            await rsv.aclose()
+
+    try:
+        anyio.run(go, backend=backend)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@BACKEND_GARBAGE
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("name", list(ASYNC_CALLS))
+def test_an_interrupt_at_any_line_of_an_async_call(backend: str, name: str) -> None:
+    """The sweep on the async API: KeyboardInterrupt at the k-th library line run on the event
+    loop's thread during one call (the trace function is the loop thread's; the workers run
+    the core). Afterwards, from a new event loop, the reservation agrees with the kernel and
+    works: the call took effect entirely (a mapping is then listed) or not at all, and no lock
+    of the worker pool was left held (every later call would hang)."""
+    import anyio
+
+    call = ASYNC_CALLS[name]
+    for k in range(1, 2000):
+        rsv, m = anyio.run(_reserve_and_map, backend=backend)
+
+        with warnings.catch_warnings():  # an interrupted call may leave an un-awaited Opening
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fired = interrupted_at(k, partial(anyio.run, _awaiting, call, rsv, m, backend=backend))
+            gc.collect()
+        _at_rest(rsv)
+        if not rsv.closed:
+            kernel.assert_matches_kernel(rsv.sync)
+            errors: list[BaseException] = []
+            worker = threading.Thread(
+                target=_use_and_close_async, args=(rsv, backend, errors), daemon=True
+            )
+            worker.start()
+            worker.join(10)
+            if worker.is_alive():
+                rsv.sync._abandon()
+                raise AssertionError(f"interrupted at line {k}: the reservation hangs")
+            assert not errors, (k, errors)
+        TALLY["interrupts: interrupted async calls"] += fired
+        if not fired:
+            gc.collect()  # the backends' leftovers are reported here, not in a later test
+            return
+    raise AssertionError("the call never ran to its end")

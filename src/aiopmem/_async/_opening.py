@@ -33,10 +33,12 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
     __slots__ = ("_coro", "_factory", "_name", "_value")
 
     def __init__(self, factory: Callable[[], Coroutine[Any, Any, T]], name: str) -> None:
-        self._factory: Callable[[], Coroutine[Any, Any, T]] | None = factory
+        # _factory last: it is what __del__ looks at, so an interrupt in between leaves an
+        # object that __del__ takes for never made, not a half-made one.
         self._name = name
         self._coro: Coroutine[Any, Any, T] | None = None
         self._value: T | None = None
+        self._factory: Callable[[], Coroutine[Any, Any, T]] | None = factory
 
     def __repr__(self) -> str:
         return f"<aiopmem.Opening of {self._name}>"
@@ -47,8 +49,8 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
             factory = self._factory
             if factory is None:
                 raise RuntimeError(f"cannot reuse a closed {self!r}")
+            self._factory = None  # first: never "never awaited" once the call is under way
             coro = self._coro = factory()
-            self._factory = None
         return coro
 
     def __del__(self) -> None:
