@@ -89,20 +89,23 @@ def test_worker_survives_delivery_to_a_closed_loop() -> None:
     del task
 
 
+class _NoThread:
+    """A thread type whose threads cannot start ("can't start new thread")."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+
 def test_failed_thread_start_leaves_no_phantom_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting a worker thread fails ("can't start new thread"). Before the fix the pool
     counted the thread anyway: the failed job stayed queued behind a phantom worker and every
     later job stranded."""
     pool = _workers._Pool()
 
-    class NoThread:
-        def __init__(self, **kwargs: Any) -> None:
-            pass
-
-        def start(self) -> None:
-            raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(pool, "_thread_type", NoThread)  # what the pool starts workers with
+    monkeypatch.setattr(pool, "_thread_type", _NoThread)  # what the pool starts workers with
     lost = threading.Event()
     with pytest.raises(RuntimeError, match="can't start new thread"):
         pool.submit(_workers.Job(int, (), _direct_port(lost)))
@@ -130,14 +133,7 @@ def test_failed_spare_start_with_a_running_worker(monkeypatch: pytest.MonkeyPatc
     pool.submit(_workers.Job(blocker, (), _direct_port(first)))
     assert started.wait(10)
 
-    class NoThread:
-        def __init__(self, **kwargs: Any) -> None:
-            pass
-
-        def start(self) -> None:
-            raise RuntimeError("can't start new thread")
-
-    monkeypatch.setattr(pool, "_thread_type", NoThread)  # what the pool starts workers with
+    monkeypatch.setattr(pool, "_thread_type", _NoThread)  # what the pool starts workers with
     pool.submit(_workers.Job(int, (), _direct_port(second)))  # no raise: it is queued
     monkeypatch.undo()
     assert pool._threads == 1

@@ -368,30 +368,7 @@ def test_ctrl_c_at_random_moments_of_async_calls(backend: str, options: dict[str
         assert all(isinstance(e, expected) for e in leaves), outcome
     assert len(outcomes) >= 20
     TALLY["interrupts: Ctrl-C in async runs"] += len(outcomes)
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def use_and_close() -> None:
-        async def go() -> None:
-            with anyio.fail_after(5):
-                for m in rsv.mappings():  # made for callers the interrupt stopped
-                    await m.unmap()
-                m = await rsv.map_anonymous(20 * P, P)
-                await m.unmap()
-                await rsv.extend(P)
-                await rsv.aclose()
-
-        try:
-            anyio.run(go, backend=backend, backend_options=options)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=use_and_close, daemon=True).start()
-    assert done.wait(10), "the reservation hangs after the interrupted runs"
-    assert not errors, errors
-    assert rsv.closed
+    _still_works_async(rsv, backend, options, "after the interrupted runs")
     gc.collect()  # the backends' leftovers are reported here, not in a later test
 
 
@@ -424,11 +401,14 @@ async def _awaiting(call: Callable[[Any, Any], Any], rsv: Any, m: Any) -> None:
     await call(rsv, m)
 
 
-def _use_and_close_async(
-    rsv: aiopmem.Reservation, backend: str, errors: list[BaseException]
+def _still_works_async(
+    rsv: aiopmem.Reservation, backend: str, options: dict[str, Any], when: str
 ) -> None:
-    """From a new event loop: unmap what is listed, map, extend, aclose."""
+    """From a new event loop (in a thread, so that a hang fails instead of sticking): unmap
+    what is listed (mappings made for callers an interrupt stopped), map, extend, aclose."""
     import anyio
+
+    errors: list[BaseException] = []
 
     async def go() -> None:
         with anyio.fail_after(5):
@@ -439,10 +419,20 @@ def _use_and_close_async(
             await rsv.extend(P)
             await rsv.aclose()
 
-    try:
-        anyio.run(go, backend=backend)
-    except BaseException as exc:
-        errors.append(exc)
+    def run() -> None:
+        try:
+            anyio.run(go, backend=backend, backend_options=options)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        rsv.sync._abandon()
+        raise AssertionError(f"{when}: the reservation hangs")
+    assert not errors, (when, errors)
+    assert rsv.closed
 
 
 @BACKEND_GARBAGE
@@ -467,16 +457,7 @@ def test_an_interrupt_at_any_line_of_an_async_call(backend: str, name: str) -> N
         _at_rest(rsv)
         if not rsv.closed:
             kernel.assert_matches_kernel(rsv.sync)
-            errors: list[BaseException] = []
-            worker = threading.Thread(
-                target=_use_and_close_async, args=(rsv, backend, errors), daemon=True
-            )
-            worker.start()
-            worker.join(10)
-            if worker.is_alive():
-                rsv.sync._abandon()
-                raise AssertionError(f"interrupted at line {k}: the reservation hangs")
-            assert not errors, (k, errors)
+            _still_works_async(rsv, backend, {}, f"interrupted at line {k}")
         TALLY["interrupts: interrupted async calls"] += fired
         if not fired:
             gc.collect()  # the backends' leftovers are reported here, not in a later test

@@ -86,6 +86,14 @@ _C_EXISTS: Final = _ffi.C_EXISTS
 _C_BUSY_BASE: Final = _ffi.C_BUSY_BASE
 
 
+def _int64(x: int) -> int:
+    """``x`` as the C core takes it (int64): unchanged if it fits, else clamped far out of any
+    range with its sign and its alignment kept, so that every check gives the same verdict."""
+    if -_I64 <= x < _I64:
+        return x
+    return (_CLAMP if x > 0 else -_CLAMP) | (x & _MASK)
+
+
 def _check_protection(protection: object) -> Protection:
     if not isinstance(protection, Protection):
         raise TypeError(f"protection must be a Protection, not {type(protection).__name__}")
@@ -324,11 +332,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         label: str | int | None,
     ) -> Mapping:
         """Steps 6-9 of map validation, the claim, the syscall and the commit: one C call."""
-        off = (
-            offset
-            if -_I64 <= offset < _I64
-            else (_CLAMP if offset > 0 else -_CLAMP) | (offset & _MASK)
-        )
+        off = offset if -_I64 <= offset < _I64 else _int64(offset)  # no call on the hot path
         n = length if length < 2**64 else 2**64 - ALIGNMENT
         r = self._map(Mapping, off, n, bits, kind, fd, file_offset, dev, protection, sharing, label)
         if type(r) is not int:
@@ -445,10 +449,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             raise OffsetUnalignedError(f"offset {off} is not a multiple of {ALIGNMENT}")
         if n & _MASK:
             raise LengthUnalignedError(f"size {n} is not a multiple of {ALIGNMENT}")
-        code = self._shrink(
-            off if -_I64 <= off < _I64 else (_I64 - ALIGNMENT if off > 0 else -_I64),
-            n if -_I64 <= n < _I64 else (_I64 - ALIGNMENT if n > 0 else -_I64),
-        )
+        code = self._shrink(_int64(off), _int64(n))
         if code:
             cur = self.size
             if code == _C_CLOSED:

@@ -297,8 +297,7 @@ live(PyObject *module, PyObject *lists)
  * is 0). The registry is read without the GIL (syscalls run without it) under inj_mu; an
  * Injection is referenced by the registry while pushed, and a caller copies what it needs
  * under the mutex, so nothing touches an Injection after it is popped. */
-enum { SC_MMAP, SC_MUNMAP, SC_MSYNC, SC_MADVISE, SC_OPEN, SC_FSTAT, SC_MPROTECT, SC_MLOCK,
-       SC_MUNLOCK, SC_COUNT };
+enum { SC_MMAP, SC_MUNMAP, SC_MSYNC, SC_MADVISE, SC_OPEN, SC_FSTAT, SC_COUNT };
 #define INJ_DEPTH 64
 
 typedef struct {
@@ -1954,19 +1953,6 @@ core_holes(Core *c, PyObject *unused)
     return list;
 }
 
-/* _overlaps(lo, hi): whether any entry (claims and holes included) meets [lo, hi). */
-static PyObject *
-core_overlaps(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2)
-        return PyErr_Format(PyExc_TypeError, "_overlaps(lo, hi)");
-    unsigned long long lo = PyLong_AsUnsignedLongLong(args[0]);
-    unsigned long long hi = PyLong_AsUnsignedLongLong(args[1]);
-    if (PyErr_Occurred())
-        return NULL;
-    return PyBool_FromLong(overlaps(c, lo, hi));
-}
-
 /* _gate_state() -> (shared, exclusive, waiting, queued, entries): at rest, (0, False, 0, 0, n)
    with n the mappings and holes. */
 static PyObject *
@@ -2012,7 +1998,6 @@ static PyMethodDef core_methods[] = {
     {"_values", (PyCFunction)core_values, METH_NOARGS, NULL},
     {"_holes", (PyCFunction)core_holes, METH_NOARGS, NULL},
     {"_snapshot", (PyCFunction)core_snapshot, METH_NOARGS, NULL},
-    {"_overlaps", (PyCFunction)(void (*)(void))core_overlaps, METH_FASTCALL, NULL},
     {"_gate_state", (PyCFunction)core_gate_state, METH_NOARGS, NULL},
     {"_gate_stats", (PyCFunction)core_gate_stats, METH_NOARGS, NULL},
     {"_abandon", (PyCFunction)core_abandon, METH_NOARGS, NULL},
@@ -2516,6 +2501,17 @@ wake_or_start(PyObject *module, PyObject *pool)
     Py_RETURN_NONE;
 }
 
+/* Remove a job submit() queued but cannot hand to a worker, keeping the error being raised. */
+static void
+take_back(PyObject *queue, PyObject *job)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    Py_XDECREF(PyObject_CallMethod(queue, "remove", "O", job));
+    PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+}
+
 /* submit(pool, job): queue the job and make sure a worker will look at it. */
 static PyObject *
 pool_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2555,11 +2551,7 @@ pool_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         get_long_attr(pool, "_running", &running) < 0 || get_long_attr(pool, "_idle", &idle) < 0 ||
         get_long_attr(pool, "_spare", &spare) < 0) {
         /* the job is queued, but nobody may know: take it back */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        Py_XDECREF(PyObject_CallMethod(queue, "remove", "O", job));
-        PyErr_Clear();
-        PyErr_Restore(type, value, tb);
+        take_back(queue, job);
         goto out;
     }
     if (waking || threads > running + idle + spare) { /* a worker is about to look */
@@ -2590,11 +2582,7 @@ pool_submit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = Py_None;
     }
     else { /* no worker at all: the job would never run */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        Py_XDECREF(PyObject_CallMethod(queue, "remove", "O", job));
-        PyErr_Clear();
-        PyErr_Restore(type, value, tb);
+        take_back(queue, job);
     }
 out:
     Py_XDECREF(queue);
@@ -2760,7 +2748,6 @@ PyInit__core(void)
     } constants[] = {
         {"SC_MMAP", SC_MMAP}, {"SC_MUNMAP", SC_MUNMAP}, {"SC_MSYNC", SC_MSYNC},
         {"SC_MADVISE", SC_MADVISE}, {"SC_OPEN", SC_OPEN}, {"SC_FSTAT", SC_FSTAT},
-        {"SC_MPROTECT", SC_MPROTECT}, {"SC_MLOCK", SC_MLOCK}, {"SC_MUNLOCK", SC_MUNLOCK},
         {"C_CLOSED", C_CLOSED}, {"C_OFF_UNALIGNED", C_OFF_UNALIGNED},
         {"C_OFF_NEGATIVE", C_OFF_NEGATIVE}, {"C_NO_FIT", C_NO_FIT}, {"C_EXISTS", C_EXISTS},
         {"C_MID", C_MID}, {"C_WHOLE", C_WHOLE}, {"C_OFF_RANGE", C_OFF_RANGE},
@@ -2769,7 +2756,6 @@ PyInit__core(void)
         {"C_EXTEND_EXISTS", C_EXTEND_EXISTS}, {"C_HOLE_NOTED", C_HOLE_NOTED},
         {"C_BUSY_BASE", C_BUSY_BASE}, {"HOLE_BIT", HOLE_BIT},
         {"ST_OPEN", ST_OPEN}, {"ST_UNMAPPING", ST_UNMAPPING}, {"ST_CLOSED", ST_CLOSED},
-        {"ST_NEW", ST_NEW},
     };
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {
         if (PyModule_AddIntConstant(mod, constants[i].name, constants[i].value) < 0) {
