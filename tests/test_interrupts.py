@@ -16,6 +16,7 @@ complete; descriptors the library opens close when their owner dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
 import threading
@@ -348,17 +349,15 @@ def test_ctrl_c_at_random_moments_of_async_calls(backend: str, options: dict[str
     outcomes: list[BaseException] = []
     for _ in range(25):
         timer = threading.Timer(rng.uniform(0.002, 0.03), os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
-        try:
+        try:  # (on a loaded machine the timer may fire even before Timer.start() returns)
+            timer.start()
             anyio.run(body, backend=backend, backend_options=options)
         except BaseException as exc:  # KeyboardInterrupt, alone or in a group (trio)
             outcomes.append(exc)
-        while True:  # a signal that came just after the run ended is not the test's subject
-            try:
+        while timer.ident is not None and timer.is_alive():  # (never started: nothing to wait)
+            # A signal that comes after the run ended is not the test's subject.
+            with contextlib.suppress(KeyboardInterrupt):
                 timer.join()
-                break
-            except KeyboardInterrupt:
-                pass
     # Python 3.10's asyncio.run can end such a run with the main task's CancelledError.
     expected = (
         (KeyboardInterrupt, asyncio.CancelledError) if backend == "asyncio" else KeyboardInterrupt
