@@ -9,7 +9,7 @@ setup(
             "aiopmem._ffi._core",
             ["src/aiopmem/_ffi/_core.c"],
             include_dirs=["src/aiopmem/_ffi"],
-            depends=["src/aiopmem/_ffi/_linux.h"],
+            depends=["src/aiopmem/_ffi/_linux.h", "src/aiopmem/_ffi/_exec.h"],
             extra_compile_args=["-O2", "-Wall"],
         )
     ],

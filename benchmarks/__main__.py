@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="abort with every thread's stack if one figure's preparation or repetition takes "
         "longer than S seconds (a hang); 0: never (default: %(default)s)",
     )
+    p.add_argument(
+        "--hog",
+        action="store_true",
+        help="keep one CPU busy (a spinning process) for the whole run: the figures on a loaded "
+        "machine, where the event loop and the workers compete for CPUs",
+    )
     p.add_argument("--list", action="store_true", help="list the figures and exit")
     args = p.parse_args(argv)
     if args.only:
@@ -158,6 +164,7 @@ def describe_machine(profile: Profile) -> dict[str, Any]:
         "argv": sys.argv[1:],
         # Other processes competing for the CPUs make every figure noisier: worth knowing.
         "loadavg_start": _loadavg(),
+        "cpu_hog": "--hog" in sys.argv[1:],
     }
 
 
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = describe_machine(profile)
     scratch = Scratch.create()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.hog else None
     try:
         ctx = Context(profile, scratch)
         figures = [cls(ctx) for cls in FIGURES if not args.only or cls.name in args.only]
@@ -264,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         samples, errors, spent = run(figures, sys.stderr, args.step_timeout)
     finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
         scratch.close()
     doc: dict[str, Any] = {"schema": 1, "meta": machine, "figures": {}}
     for fig in figures:

@@ -88,6 +88,35 @@ def targets(profile: Profile) -> list[Target]:
             ">=",
             0.25,
         ),
+        *[
+            Target(
+                f"async map+unmap {tasks} task{'s' if tasks > 1 else ''} / sync, {label}",
+                ("async_map", f"{label}_{tasks}_ops_per_s"),
+                ("sync_map", "ops_per_s"),
+                None if threshold is None else ">=",
+                threshold,
+            )
+            for label, tasks, threshold in (
+                ("asyncio", 32, 0.5),
+                ("uvloop", 32, None),
+                ("trio", 32, 0.4),
+                ("asyncio", 1, 0.15),
+                ("uvloop", 1, None),
+                ("trio", 1, 0.10),
+            )
+        ],
+        *[
+            Target(
+                f"loop CPU per async map+unmap / sync map+unmap time, {label}, {tasks} "
+                f"task{'s' if tasks > 1 else ''}",
+                ("async_map", f"{label}_{tasks}_loop_cpu_us"),
+                ("sync_map", "us_per_op"),
+                None,
+                None,
+            )
+            for label in ("asyncio", "trio")
+            for tasks in (1, 32)
+        ],
         Target(
             "async map+unmap 1 task µs / to_thread hop µs, asyncio",
             ("async_map", "asyncio_1_us_per_op"),

@@ -57,9 +57,11 @@ class SyncMapUnmap(Figure):
         return {"ops_per_s": self.n / elapsed, "us_per_op": elapsed / self.n * 1e6}
 
 
-async def time_async_map(fd: int, tasks: int, n: int) -> float:
+async def time_async_map(fd: int, tasks: int, n: int) -> tuple[float, float]:
     """Seconds for ``tasks`` tasks to do ``n`` map+unmap ops in total, each task in its own
-    64 KiB slot of one reservation (made, and warmed up, before the clock starts)."""
+    64 KiB slot of one reservation (made, and warmed up, before the clock starts), and the
+    CPU seconds the event loop's thread spent meanwhile (``time.thread_time``: the loop's
+    share of the work, the workers' not included)."""
 
     async with aiopmem.reserve(SLOT * TASKS) as rsv:
 
@@ -74,10 +76,15 @@ async def time_async_map(fd: int, tasks: int, n: int) -> float:
                 tg.start_soon(worker, slot, WARMUP if tasks == 1 else WARMUP_PER_TASK)
         gc.collect()
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         async with anyio.create_task_group() as tg:
             for slot in range(tasks):
                 tg.start_soon(worker, slot, n // tasks)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.thread_time() - c0
+
+
+def _wall(label: str, fd: int, tasks: int, n: int) -> float:
+    return run_on(label, time_async_map, fd, tasks, n)[0]
 
 
 class AsyncMapUnmap(Figure):
@@ -85,7 +92,9 @@ class AsyncMapUnmap(Figure):
     m.unmap()`` in a loop, with 1 task and with 32 tasks each in its own 64 KiB slot of one
     reservation, on each backend (a fresh event loop per repetition, warmed up before the
     clock starts). ops/s = total ops / wall seconds; µs/op = wall seconds / total ops (for 32
-    tasks that is the inverse of the throughput, not one task's latency)."""
+    tasks that is the inverse of the throughput, not one task's latency); loop CPU µs/op =
+    CPU time of the event loop's thread / total ops (what the async layer costs the loop,
+    sleeping excluded)."""
 
     name = "async_map"
     title = "aiopmem map_file+unmap, async (64 KiB)"
@@ -98,6 +107,7 @@ class AsyncMapUnmap(Figure):
                 what = f"{label}, {tasks} task{'s' if tasks > 1 else ''}"
                 out.append(Metric(f"{label}_{tasks}_ops_per_s", what, "ops/s"))
                 out.append(Metric(f"{label}_{tasks}_us_per_op", what, "µs/op"))
+                out.append(Metric(f"{label}_{tasks}_loop_cpu_us", f"{what}, loop CPU", "µs/op"))
         return out
 
     def prepare(self) -> None:
@@ -106,7 +116,7 @@ class AsyncMapUnmap(Figure):
         for label, _, _ in BACKENDS:
             for tasks in (1, TASKS):
                 self.n[label, tasks] = calibrate(
-                    partial(run_on, label, time_async_map, fd, tasks),
+                    partial(_wall, label, fd, tasks),
                     self.profile.rep_seconds,
                     multiple=tasks,
                     least=max(8, 2 * tasks),
@@ -117,7 +127,8 @@ class AsyncMapUnmap(Figure):
         fd = self.ctx.scratch.slot_fd
         out = {}
         for (label, tasks), n in self.n.items():
-            elapsed = run_on(label, time_async_map, fd, tasks, n)
+            elapsed, cpu = run_on(label, time_async_map, fd, tasks, n)
             out[f"{label}_{tasks}_ops_per_s"] = n / elapsed
             out[f"{label}_{tasks}_us_per_op"] = elapsed / n * 1e6
+            out[f"{label}_{tasks}_loop_cpu_us"] = cpu / n * 1e6
         return out

@@ -377,8 +377,23 @@ async def _run_cancelled(
 
             return await real(in_worker, *args, **kwargs)
 
-        monkeypatch.setattr(async_reservation_module, "run_blocking", then_cancel)
-        monkeypatch.setattr(async_mapping_module, "run_blocking", then_cancel)
+        real_job = _dispatch.run_job
+
+        async def job_then_cancel(
+            begin: Callable[..., Any], args: Any, *rest: Any, **kwargs: Any
+        ) -> Any:
+            # A job's syscall runs in a C worker: the cancellation is made right after the job
+            # is submitted, on the loop, so it is due before the job's result can be back.
+            def begun(*a: Any) -> Any:
+                job = begin(*a)
+                scope.cancel()
+                return job
+
+            return await real_job(begun, args, *rest, **kwargs)
+
+        for module in (async_reservation_module, async_mapping_module):
+            monkeypatch.setattr(module, "run_blocking", then_cancel)
+            monkeypatch.setattr(module, "run_job", job_then_cancel)
         with scope:
             await call()
         cancelled = scope.cancelled_caught

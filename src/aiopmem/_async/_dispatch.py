@@ -28,9 +28,11 @@ import anyio
 from anyio.lowlevel import checkpoint_if_cancelled
 
 from .._core._gate import Abandoned, Ticket
+from .._ffi import C_WOULD_BLOCK
+from .._ffi import Port as JobPort
 from ._workers import Job, Port, submit
 
-__all__ = ["run_blocking"]
+__all__ = ["run_blocking", "run_job"]
 
 T = TypeVar("T")
 
@@ -108,11 +110,23 @@ async def _run_asyncio(
     job = Job(fn, args, _asyncio_port(loop), ticket)
     job.waiter = loop.create_future()
     submit(job)
+    return await _await_asyncio(loop, job, undo)
+
+
+async def _await_asyncio(
+    loop: asyncio.AbstractEventLoop,
+    job: Any,
+    undo: Callable[[Any], object] | None,
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Wait for a submitted job (a pool ``Job`` or a C core job) on asyncio; see the module.
+    ``check`` turns a C job's result into the caller's (raising what a code stands for)."""
     try:
         await job.waiter
     except asyncio.CancelledError:
         # Cancelled while the job runs: never abandon it. A job still waiting for its turn
         # gives up; wait for its outcome shielded, then let the cancellation continue.
+        ticket = job.ticket
         if ticket is not None:
             ticket.abandon()
         with anyio.CancelScope(shield=True):
@@ -128,10 +142,13 @@ async def _run_asyncio(
                 job.error = None
             else:
                 result = job.outcome()  # an error of the job is more informative
+                if check is not None:
+                    result = check(result)
                 if undo is not None:
                     await _undo_asyncio(loop, undo, result)
         raise
-    return job.outcome()
+    result = job.outcome()
+    return result if check is None else check(result)
 
 
 async def _undo_asyncio(
@@ -157,6 +174,7 @@ def _trio_port() -> Port:
     token = trio.lowlevel.current_trio_token()
     port = _trio_ports.get(token)
     if port is None:
+        _protect_from_ki(trio)
         how = (trio.lowlevel.reschedule, outcome.Value)
         port = _trio_ports[token] = Port(_weakly(token, "run_sync_soon"), how)
     return port
@@ -174,13 +192,29 @@ async def _run_trio(
     job = Job(fn, args, _trio_port(), ticket)
     job.waiter = trio.lowlevel.current_task()
     submit(job)
+    return await _await_trio(job, undo)
 
-    def abort(_: Any) -> Any:
-        # A cancellation cannot interrupt this wait (Abort.FAILED); it is delivered afterwards.
-        # A job still waiting for its turn gives up meanwhile.
-        if ticket is not None:
-            ticket.abandon()
-        return trio.lowlevel.Abort.FAILED
+
+def _abort_failed(_: Any) -> Any:
+    import trio
+
+    # A cancellation cannot interrupt this wait (Abort.FAILED); it is delivered afterwards.
+    return trio.lowlevel.Abort.FAILED
+
+
+async def _await_trio(
+    job: Any, undo: Callable[[Any], object] | None, check: Callable[[Any], Any] | None = None
+) -> Any:
+    """Wait for a submitted job (a pool ``Job`` or a C core job) on trio; see the module."""
+    import trio
+
+    ticket = job.ticket
+    abort = _abort_failed
+    if ticket is not None:
+
+        def abort(_: Any) -> Any:
+            ticket.abandon()  # a job still waiting for its turn gives up meanwhile
+            return trio.lowlevel.Abort.FAILED
 
     await trio.lowlevel.wait_task_rescheduled(abort)
     try:
@@ -188,6 +222,8 @@ async def _run_trio(
     except Abandoned:
         await trio.lowlevel.checkpoint_if_cancelled()  # abandoned: the cancellation is due
         raise  # (not reached: only a cancelled caller's ticket is abandoned)
+    if check is not None:
+        result = check(result)
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
@@ -196,3 +232,121 @@ async def _run_trio(
                 await _run_trio(undo, (result,), None, True)  # see _undo_asyncio
         raise
     return result
+
+
+# -- jobs of the C core ----------------------------------------------------------------------
+#
+# A map, unmap or persist of the async API is begun on the event loop's thread by one C call
+# (admission without waiting, the checks, the claim), which also hands its syscalls to the
+# executor; the executor's workers never take the GIL. The finished job waits in the loop's
+# ``Port`` (an eventfd, written once per batch) until the loop drains it: the commit runs there,
+# then the task resumes. A begin that would have to wait at the gate returns C_WOULD_BLOCK and
+# the caller takes the blocking path (``run_blocking``) instead.
+
+_asyncio_job_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JobPort] = (
+    weakref.WeakKeyDictionary()
+)
+_trio_job_ports: weakref.WeakKeyDictionary[object, JobPort] = weakref.WeakKeyDictionary()
+#: Every port alive (each holds an eventfd while its event loop lives).
+ports: weakref.WeakSet[JobPort] = weakref.WeakSet()
+
+
+def _new_asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
+    port = JobPort(None)
+    ports.add(port)
+    loop.add_reader(port.fileno(), port.drain)
+    _asyncio_job_ports[loop] = port
+    return port
+
+
+def _protect_from_ki(trio: Any) -> None:
+    """Under trio, a KeyboardInterrupt from a signal must not land between the submission of a
+    job and the wait for it: the task would be gone when the job's delivery reschedules it.
+    Trio defers it out of KI-protected code (to the main task's next checkpoint), and the
+    waits here cannot be interrupted anyway (Abort.FAILED). Registering a function is idempotent
+    and costs nothing per call."""
+    for fn in (run_job, run_blocking):
+        trio.lowlevel.enable_ki_protection(fn)
+
+
+def _trio_job_port() -> JobPort:
+    import outcome
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+    port = _trio_job_ports.get(token)
+    if port is None:
+        _protect_from_ki(trio)
+        port = JobPort((trio.lowlevel.reschedule, outcome.Value))
+        ports.add(port)
+        trio.lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
+        _trio_job_ports[token] = port
+    return port
+
+
+async def _pump(port: JobPort) -> None:
+    """Trio's side of a port: drain it whenever its eventfd is readable (a system task, so
+    KeyboardInterrupt never lands in a drain; it ends with the run, when no task can wait)."""
+    import trio
+
+    fd = port.fileno()
+    wait_readable = trio.lowlevel.wait_readable
+    try:
+        while True:
+            await wait_readable(fd)
+            port.drain()
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        port.close()
+
+
+async def run_job(
+    begin: Callable[..., Any],
+    args: tuple[Any, ...],
+    check: Callable[[Any], Any],
+    undo: Callable[[Any], object] | None = None,
+    always: bool = False,
+) -> Any:
+    """``begin(port, waiter, *args)`` and wait for the job it submitted; returns
+    ``check(result)`` of the job's committed result (``check`` raises what a code stands for),
+    or the int code ``begin`` returned instead of a job (nothing began).
+
+    Cancellation as ``run_blocking``: a caller cancelled before the call begins nothing (unless
+    ``always``); a begun job is always waited for, and when the caller was cancelled by then,
+    ``check`` still runs (an error of the job wins), its value is given to ``undo`` and the
+    cancellation propagates.
+    """
+    loop = _get_running_loop()
+    if loop is not None and not _trio_guest():
+        if not always:
+            await checkpoint_if_cancelled()
+        port = _asyncio_job_ports.get(loop)
+        if port is None:
+            port = _new_asyncio_job_port(loop)
+        job = begin(port, loop.create_future(), *args)
+        if type(job) is int:
+            if job != C_WOULD_BLOCK:
+                await anyio.lowlevel.checkpoint()
+            return job
+        result = await _await_asyncio(loop, job, undo, check)
+        if undo is not None:
+            # A cancellation due while the job ran but not delivered yet (the result may reach
+            # the task first: the order of the loop's callbacks decides) is taken here, as on
+            # trio: the result is undone and the cancellation propagates.
+            try:
+                await checkpoint_if_cancelled()
+            except asyncio.CancelledError:
+                with anyio.CancelScope(shield=True):
+                    await _undo_asyncio(loop, undo, result)
+                raise
+        return result
+    import trio
+
+    if not always:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    job = begin(_trio_job_port(), trio.lowlevel.current_task(), *args)
+    if type(job) is int:
+        if job != C_WOULD_BLOCK:
+            await trio.lowlevel.checkpoint()
+        return job
+    return await _await_trio(job, undo, check)

@@ -11,7 +11,8 @@ import anyio
 from .._core import Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
 from .._core._construct import NoPublicConstructor, aclose_on_exit
-from ._dispatch import run_blocking
+from .._ffi import C_WOULD_BLOCK
+from ._dispatch import run_blocking, run_job
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -117,7 +118,13 @@ class Mapping(metaclass=NoPublicConstructor):
             TypeError, ClosedError (also while an unmap is in flight), OffsetOutOfRangeError,
             LengthOutOfRangeError, OSError (e.g. EIO).
         """
-        await run_blocking(self._core.persist, offset, length)
+        core = self._core
+        start, end = core._persist_range(offset, length)
+        r = await run_job(core._rsv._persist_job, (core, start, end), core._persisted)
+        if r == C_WOULD_BLOCK:  # an extend or shrink holds the gate: wait for it in a worker
+            await run_blocking(core.persist, offset, length)
+        elif r is not None:
+            core._persisted(r)
 
     async def unmap(self) -> None:
         """Unmap from a worker thread: the range becomes an inaccessible placeholder of the
@@ -135,7 +142,11 @@ class Mapping(metaclass=NoPublicConstructor):
         if core.closed:
             await anyio.lowlevel.checkpoint()
             return
-        await run_blocking(core.unmap, always=True)
+        r = await run_job(core._rsv._unmap_job, (core,), core._unmapped, always=True)
+        if r == C_WOULD_BLOCK:  # a persist or the gate would make it wait: wait in a worker
+            await run_blocking(core.unmap, always=True)
+        elif r is not None:
+            core._unmapped(r)
 
     aclose = unmap
 

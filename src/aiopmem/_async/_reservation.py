@@ -28,8 +28,12 @@ import anyio
 from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
+from .._core._mapping import Mapping as _MAPPING
+from .._core._reservation import MapPlan, c_offset_length, file_refusal
 from .._core._source import FileSource
-from ._dispatch import run_blocking
+from .._ffi import C_CLOSED as _C_CLOSED
+from .._ffi import C_WOULD_BLOCK
+from ._dispatch import run_blocking, run_job
 from ._mapping import Mapping
 from ._opening import Opening
 
@@ -167,18 +171,7 @@ class Reservation(metaclass=NoPublicConstructor):
         ``async with`` unmaps, shielded from cancellation.
         """
         return Opening(
-            partial(
-                self._map,
-                partial(
-                    self._core.map_file,
-                    file,
-                    offset,
-                    length=length,
-                    file_offset=file_offset,
-                    protection=protection,
-                    sharing=sharing,
-                ),
-            ),
+            partial(self._map_file, file, offset, length, file_offset, protection, sharing),
             "aiopmem.Reservation.map_file()",
         )
 
@@ -196,23 +189,74 @@ class Reservation(metaclass=NoPublicConstructor):
         Cancellation: as ``map_file``.
         """
         return Opening(
-            partial(
-                self._map,
-                partial(
-                    self._core.map_anonymous,
-                    offset,
-                    length,
-                    protection=protection,
-                    sharing=sharing,
-                ),
-            ),
+            partial(self._map_anonymous, offset, length, protection, sharing),
             "aiopmem.Reservation.map_anonymous()",
         )
 
-    async def _map(self, call: partial[_core.Mapping]) -> Mapping:
-        # A mapping made for a caller cancelled meanwhile is unmapped again (undo).
-        core = await run_blocking(call, undo=_unmap_core)
-        return self._wrap(core)  # type: ignore[return-value]
+    async def _map_file(
+        self,
+        file: FileSource,
+        offset: int,
+        length: int | None,
+        file_offset: int,
+        protection: Protection,
+        sharing: Sharing,
+    ) -> Mapping:
+        core = self._core
+        plan = core._fd_plan(file, offset, length, file_offset, protection, sharing)
+        if plan is not None:
+            m = await self._map_job(plan, True)
+            if m is not None:
+                return m
+        # The blocking path: a path to open, an argument to coerce, an error to report in
+        # the contract's order, or a reservation whose gate would make the map wait.
+        call = partial(
+            core.map_file,
+            file,
+            offset,
+            length=length,
+            file_offset=file_offset,
+            protection=protection,
+            sharing=sharing,
+        )
+        mapped: _core.Mapping = await run_blocking(call, undo=_unmap_core)
+        return self._wrap(mapped)  # type: ignore[return-value]
+
+    async def _map_anonymous(
+        self, offset: int, length: int, protection: Protection, sharing: Sharing
+    ) -> Mapping:
+        core = self._core
+        plan = core._anon_plan(offset, length, protection, sharing)
+        m = await self._map_job(plan, False)
+        if m is not None:
+            return m
+        call = partial(core.map_anonymous, offset, length, protection=protection, sharing=sharing)
+        mapped: _core.Mapping = await run_blocking(call, undo=_unmap_core)
+        return self._wrap(mapped)  # type: ignore[return-value]
+
+    async def _map_job(self, plan: MapPlan, check_fd: bool) -> Mapping | None:
+        """The map as a job of the executor; None when it did not begin and the blocking path
+        must take over (the gate would wait; with ``check_fd``, any refusal of the begin but
+        a closed reservation: the blocking path then reports the descriptor's errors first).
+        A mapping made for a caller cancelled meanwhile is unmapped again (undo)."""
+        core = self._core
+        offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label = plan
+        off, c_n = c_offset_length(offset, n)
+
+        def check(r: Any) -> _core.Mapping:
+            if type(r) is tuple:  # (C_FILE, the descriptor check's result)
+                raise file_refusal(r[1], fd, file_offset, n)
+            if type(r) is int:
+                raise core._map_refusal(r, offset, n, bits, kind)
+            return r  # type: ignore[no-any-return]
+
+        args = (_MAPPING, off, c_n, bits, kind, fd, file_offset, dev, protection, sharing, label)
+        r = await run_job(core._map_job, (*args, check_fd), check, undo=_unmap_core)
+        if type(r) is not int:
+            return self._wrap(r)
+        if r == C_WOULD_BLOCK or (check_fd and r != _C_CLOSED):
+            return None
+        raise core._map_refusal(r, offset, n, bits, kind)
 
     # -- extent ----------------------------------------------------------------------------------
 

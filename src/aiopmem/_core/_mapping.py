@@ -187,11 +187,19 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
             TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError: as ``view()``.
             OSError: msync failed (e.g. EIO: the data could not be written back).
         """
+        start, end = self._persist_range(offset, length)
+        self._persisted(self._rsv._persist(self, start, end))
+
+    def _persist_range(self, offset: int, length: int | None) -> tuple[int, int]:
+        """persist()'s checks: the page-aligned address range ``[start, end)`` to msync."""
         off, n = as_int(offset, "offset"), as_optional_int(length, "length")
         if self._state != OPEN:
             raise ClosedError("the mapping is unmapped")
         off, n = _range(off, n, self._size)
-        err = self._rsv._persist(self, align_down(self._addr + off), align_up(self._addr + off + n))
+        return align_down(self._addr + off), align_up(self._addr + off + n)
+
+    def _persisted(self, err: int) -> None:
+        """Raise what a persist's code stands for (0: done)."""
         if err:
             if err == _C_CLOSED:
                 raise ClosedError("the mapping is unmapped")
@@ -208,9 +216,12 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
                 nothing is changed.
             OSError: the kernel refused; nothing is changed.
         """
-        rsv = self._rsv
-        code = rsv._unmap(self)
+        self._unmapped(self._rsv._unmap(self))
+
+    def _unmapped(self, code: int) -> None:
+        """Raise (or warn of) what an unmap's code stands for (0: done)."""
         if code:
+            rsv = self._rsv
             if code == _C_HOLE_NOTED:
                 rsv._warn_hole(self._addr, self._addr + self._span)
             elif code <= _BUSY_BASE:

@@ -27,7 +27,7 @@ import contextlib
 import errno
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, TypeAlias, final
 
 from .. import _ffi
 from ._align import ADDRESS_LIMIT, ALIGNMENT, as_int, as_optional_int
@@ -70,6 +70,9 @@ _FD_MAX: Final = 2**31 - 1
 _PROT_BITS: Final = tuple(prot_bits(Protection(v)) for v in range(8))
 #: Offsets the C core takes (int64); a larger one keeps its sign and alignment when clamped.
 _I64: Final = 2**63
+#: Lengths the C core takes (uint64); a larger one is clamped to one that never fits.
+_U64: Final = 2**64
+_U64_CLAMP: Final = 2**64 - ALIGNMENT
 _CLAMP: Final = 2**62
 
 _fdcheck = _ffi.fdcheck
@@ -84,6 +87,21 @@ _C_OFF_NEGATIVE: Final = _ffi.C_OFF_NEGATIVE
 _C_NO_FIT: Final = _ffi.C_NO_FIT
 _C_EXISTS: Final = _ffi.C_EXISTS
 _C_BUSY_BASE: Final = _ffi.C_BUSY_BASE
+
+
+#: What ``_map_at`` takes: offset, length, protection, sharing, PROT bits, kind, fd,
+#: file_offset, device, label.
+MapPlan: TypeAlias = tuple[
+    int, int, Protection, Sharing, int, int, int, int, int, "str | int | None"
+]
+
+
+def c_offset_length(offset: int, length: int) -> tuple[int, int]:
+    """``(offset, length)`` as the C core's map takes them (see ``_int64``)."""
+    return (
+        offset if -_I64 <= offset < _I64 else _int64(offset),
+        length if length < _U64 else _U64_CLAMP,
+    )
 
 
 def _int64(x: int) -> int:
@@ -121,6 +139,26 @@ def _map_error(err: int, bits: int, kind: int) -> Exception:
 
 def _label(label: str | int) -> str:
     return f"file descriptor {label}" if type(label) is int else str(label)
+
+
+def _empty_error(label: str | int) -> SourceEmptyError:
+    return SourceEmptyError(f"{_label(label)} is empty")
+
+
+def _beyond_error(file_offset: int, n: int, size: int, label: str | int) -> MapRangeError:
+    return MapRangeError(
+        f"[{file_offset}, {file_offset + n}) is beyond the end of {_label(label)} ({size} bytes)"
+    )
+
+
+def file_refusal(fsize: int, fd: int, file_offset: int, n: int) -> Exception:
+    """The error for a descriptor check an async map job refused (``C_FILE``): ``fsize`` is
+    the check's result (a negative code, 0 for an empty file, or a size too small)."""
+    if fsize < 0:
+        return fd_error(fd, fsize, f"file descriptor {fd}")
+    if fsize == 0:
+        return _empty_error(fd)
+    return _beyond_error(file_offset, n, fsize, fd)
 
 
 @final
@@ -252,7 +290,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             if file_offset < 0:
                 raise MapRangeError(f"file_offset {file_offset} is negative")
             if size == 0:
-                raise SourceEmptyError(f"{_label(label)} is empty")
+                raise _empty_error(label)
             if not n:
                 if n is not None and n < 0:
                     raise LengthOutOfRangeError(f"length {n} is negative")
@@ -268,10 +306,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
                 if n & _MASK:
                     raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
                 if file_offset + n > size:
-                    raise MapRangeError(
-                        f"[{file_offset}, {file_offset + n}) is beyond the end of "
-                        f"{_label(label)} ({size} bytes)"
-                    )
+                    raise _beyond_error(file_offset, n, size, label)
             kind = _FILE_SHARED if shared else _FILE_PRIVATE
             dev = _last_dev() if kind == _FILE_SHARED else 0
             return self._map_at(
@@ -301,6 +336,12 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             MappingExistsError: the range overlaps an existing or in-flight mapping.
             OSError: the kernel refused (e.g. ENOMEM); the range stays a placeholder.
         """
+        return self._map_at(*self._anon_plan(offset, length, protection, sharing))
+
+    def _anon_plan(
+        self, offset: int, length: int, protection: Protection, sharing: Sharing
+    ) -> MapPlan:
+        """map_anonymous()'s checks; what ``_map_at`` takes."""
         if type(offset) is not int:
             offset = as_int(offset, "offset")
         n = length if type(length) is int else as_int(length, "length")
@@ -316,7 +357,40 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             raise LengthOutOfRangeError(f"length {n} is not positive")
         kind = _ANON_SHARED if sharing is _SHARED else _ANON_PRIVATE
         bits = _PROT_BITS[protection._value_]
-        return self._map_at(offset, n, protection, sharing, bits, kind, -1, 0, 0, None)
+        return offset, n, protection, sharing, bits, kind, -1, 0, 0, None
+
+    def _fd_plan(
+        self,
+        file: object,
+        offset: object,
+        length: object,
+        file_offset: object,
+        protection: object,
+        sharing: object,
+    ) -> MapPlan | None:
+        """What ``_map_at`` takes for a map of a descriptor whose own checks (fcntl, fstat, the
+        file's size) are left to the map's job; None when the call needs anything else first
+        (a path to open, no length, an argument to coerce, a check that fails: the full
+        ``map_file()`` then reports the first error in the contract's order)."""
+        if (
+            type(file) is not int
+            or type(offset) is not int
+            or type(length) is not int
+            or type(file_offset) is not int
+            or type(protection) is not Protection
+            or type(sharing) is not Sharing
+            or not 0 <= file <= _FD_MAX
+            or not 0 < length < 2**64
+            or length & _MASK
+            or not 0 <= file_offset < _I64
+            or file_offset & _MASK
+            or self._closed
+        ):
+            return None
+        shared = sharing is _SHARED
+        kind = _FILE_SHARED if shared else _FILE_PRIVATE
+        bits = _PROT_BITS[protection._value_]
+        return offset, length, protection, sharing, bits, kind, file, file_offset, 0, file
 
     def _map_at(
         self,
@@ -333,30 +407,34 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
     ) -> Mapping:
         """Steps 6-9 of map validation, the claim, the syscall and the commit: one C call."""
         off = offset if -_I64 <= offset < _I64 else _int64(offset)  # no call on the hot path
-        n = length if length < 2**64 else 2**64 - ALIGNMENT
+        n = length if length < _U64 else _U64_CLAMP
         r = self._map(Mapping, off, n, bits, kind, fd, file_offset, dev, protection, sharing, label)
         if type(r) is not int:
             return r  # type: ignore[no-any-return]
+        raise self._map_refusal(r, offset, length, bits, kind)
+
+    def _map_refusal(self, r: int, offset: int, length: int, bits: int, kind: int) -> Exception:
+        """The error for the code of a refused map (not C_FILE); warns of a hole it left."""
         if r == _C_CLOSED:
-            raise ClosedError("the reservation is closed")
+            return ClosedError("the reservation is closed")
         if r == _C_OFF_UNALIGNED:
-            raise OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
+            return OffsetUnalignedError(f"offset {offset} is not a multiple of {ALIGNMENT}")
         if r == _C_OFF_NEGATIVE:  # libpmem2 reports it as a length error; the fault is the offset's
-            raise LengthOutOfRangeError(f"offset {offset} is negative")
+            return LengthOutOfRangeError(f"offset {offset} is negative")
         span = (length + _MASK) & ~_MASK
         if r == _C_NO_FIT:
-            raise LengthOutOfRangeError(
+            return LengthOutOfRangeError(
                 f"[{offset}, {offset + span}) does not fit in the reservation of {self.size} bytes"
             )
         if r == _C_EXISTS:
-            raise MappingExistsError(
+            return MappingExistsError(
                 f"[{offset:#x}, {offset + span:#x}) overlaps a mapping of the reservation"
             )
         if r & _HOLE_BIT:
             r &= ~_HOLE_BIT
             addr = self.address + offset
             self._warn_hole(addr, addr + span)
-        raise _map_error(r, bits, kind)
+        return _map_error(r, bits, kind)
 
     # -- keeping the range whole ---------------------------------------------------------------
 

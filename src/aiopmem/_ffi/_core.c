@@ -39,7 +39,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+
 #include "_linux.h"
+#include "_exec.h"
 
 typedef unsigned __int128 u128;
 
@@ -1122,6 +1125,8 @@ enum {
     C_PAST_ASPACE = -13,
     C_EXTEND_EXISTS = -14,
     C_HOLE_NOTED = -20,   /* succeeded (or failed with HOLE_BIT), but left a hole: warn */
+    C_FILE = -30,         /* a job's descriptor check refused (its fdcheck result says why) */
+    C_WOULD_BLOCK = -31,  /* not begun: the gate would make it wait (the caller goes slow) */
     C_BUSY_BASE = -1000, /* -1000 - n: n views alive */
 };
 #define HOLE_BIT (1 << 24)
@@ -1185,36 +1190,43 @@ live_of(MapObj *m)
 
 /* The MAP_SYNC verdict by device (st_dev): learned from the first shared map of a file on a
    device, then reused (on a non-DAX file system the refused attempt would cost a syscall on
-   every map). Read and written with the GIL held. */
+   every map). Read and written under dev_mu: workers consult it without the GIL. */
 #define DEV_CACHE 64
 static struct {
     unsigned long long dev;
     int sync;
 } dev_cache[DEV_CACHE];
 static int dev_cached;
+static pthread_mutex_t dev_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int
 dev_sync(unsigned long long dev)
 {
+    int v = -1;
+    pthread_mutex_lock(&dev_mu);
     for (int i = 0; i < dev_cached; i++)
-        if (dev_cache[i].dev == dev)
-            return dev_cache[i].sync;
-    return -1;
+        if (dev_cache[i].dev == dev) {
+            v = dev_cache[i].sync;
+            break;
+        }
+    pthread_mutex_unlock(&dev_mu);
+    return v;
 }
 
 static void
 dev_learn(unsigned long long dev, int sync)
 {
-    for (int i = 0; i < dev_cached; i++)
-        if (dev_cache[i].dev == dev) {
-            dev_cache[i].sync = sync;
-            return;
-        }
-    if (dev_cached < DEV_CACHE) {
-        dev_cache[dev_cached].dev = dev;
-        dev_cache[dev_cached].sync = sync;
-        dev_cached++;
+    pthread_mutex_lock(&dev_mu);
+    int i = 0;
+    while (i < dev_cached && dev_cache[i].dev != dev)
+        i++;
+    if (i < DEV_CACHE) {
+        dev_cache[i].dev = dev;
+        dev_cache[i].sync = sync;
+        if (i == dev_cached)
+            dev_cached++;
     }
+    pthread_mutex_unlock(&dev_mu);
 }
 
 enum { K_FILE_SHARED = 0, K_FILE_PRIVATE = 1, K_ANON_SHARED = 2, K_ANON_PRIVATE = 3 };
@@ -1225,36 +1237,48 @@ static const int kind_flags[4] = {
     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
 };
 
-/* _map(cls, offset, length, bits, kind, fd, file_offset, dev, protection, sharing, file)
-   -> the new open mapping (an instance of cls), or an int code / errno (| HOLE_BIT). */
-static PyObject *
-core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
+/* Each transition that makes syscalls is three steps: begin (GIL held: admission, checks, the
+   claim or mark that stands for the work), the syscalls (no GIL: in the caller's thread for
+   the sync API, in a worker of the executor for the async one), and commit (GIL held: the
+   index and the mapping take the outcome, the admission is given back). What the syscall step
+   needs and finds travels in one struct, so it touches no Python object. */
+
+/* -- map ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t addr, length, span, dev;
+    int64_t file_offset, fsize;
+    int bits, kind, fd, sync, check_fd;
+    int err, learned, gran, hole; /* err -1: the descriptor check refused (fsize says why) */
+} MapJob;
+
+/* Parse _map's arguments (cls, offset, length, bits, kind, fd, file_offset, dev, protection,
+   sharing, file) and make the mapping object (everything that allocates comes first). */
+static MapObj *
+map_prepare(Core *c, PyObject *const *args, long long *offset, MapJob *j)
 {
-    long long offset, file_offset;
-    unsigned long long length, dev;
-    int bits, kind, fd;
-    if (nargs != 11 || !PyType_Check(args[0]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[0], &MapType)) {
+    if (!PyType_Check(args[0]) || !PyType_IsSubtype((PyTypeObject *)args[0], &MapType)) {
         PyErr_SetString(PyExc_TypeError, "_map: bad arguments");
         return NULL;
     }
-    offset = PyLong_AsLongLong(args[1]);
-    length = PyLong_AsUnsignedLongLong(args[2]);
-    bits = as_c_int(args[3]);
-    kind = as_c_int(args[4]);
-    fd = as_c_int(args[5]);
-    file_offset = PyLong_AsLongLong(args[6]);
-    dev = PyLong_AsUnsignedLongLong(args[7]);
+    memset(j, 0, sizeof *j);
+    *offset = PyLong_AsLongLong(args[1]);
+    j->length = PyLong_AsUnsignedLongLong(args[2]);
+    j->bits = as_c_int(args[3]);
+    j->kind = as_c_int(args[4]);
+    j->fd = as_c_int(args[5]);
+    j->file_offset = PyLong_AsLongLong(args[6]);
+    j->dev = PyLong_AsUnsignedLongLong(args[7]);
     if (PyErr_Occurred())
         return NULL;
-    if (kind < 0 || kind > 3 || length == 0) {
+    if (j->kind < 0 || j->kind > 3 || j->length == 0) {
         PyErr_SetString(PyExc_ValueError, "_map: bad arguments");
         return NULL;
     }
-    uint64_t span = (length + page_mask) & ~page_mask;
-    if (span < length)
-        span = UINT64_MAX & ~page_mask; /* cannot fit: refused below */
-    /* Everything that allocates comes first. */
+    j->span = (j->length + page_mask) & ~page_mask;
+    if (j->span < j->length)
+        j->span = UINT64_MAX & ~page_mask; /* cannot fit: refused below */
+    j->sync = j->learned = -1;
     PyTypeObject *cls = (PyTypeObject *)args[0];
     MapObj *m = (MapObj *)cls->tp_alloc(cls, 0);
     if (m == NULL)
@@ -1272,93 +1296,139 @@ core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
     m->sharing = args[9];
     Py_INCREF(args[10]);
     m->file = args[10];
-    m->size = length;
-    m->span = span;
-    m->bits = bits;
-    m->file_offset = (unsigned long long)file_offset;
+    m->size = j->length;
+    m->span = j->span;
+    m->bits = j->bits;
+    m->file_offset = (unsigned long long)j->file_offset;
     m->state = ST_NEW;
+    return m;
+}
 
-    /* Admission and the claim. */
-    long code = 0;
+/* Admission and the claim. 1: claimed (admitted shared); 0: refused, *code says why (nothing
+   held; C_WOULD_BLOCK when not `blocking` and the gate would make it wait); -1: exception. */
+static int
+map_begin(Core *c, MapObj *m, long long offset, MapJob *j, int blocking, long *code)
+{
+    *code = 0;
     if (c->closed) {
-        code = C_CLOSED;
-        goto out;
+        *code = C_CLOSED;
+        return 0;
     }
-    if (enter_shared(c) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    if (!blocking) {
+        if (!try_enter_shared(c)) {
+            *code = C_WOULD_BLOCK;
+            return 0;
+        }
     }
+    else if (enter_shared(c) < 0)
+        return -1;
+    uint64_t span = j->span;
     if (c->closed)
-        code = C_CLOSED;
+        *code = C_CLOSED;
     else if (offset & (long long)page_mask)
-        code = C_OFF_UNALIGNED;
+        *code = C_OFF_UNALIGNED;
     else if (offset < 0)
-        code = C_OFF_NEGATIVE;
+        *code = C_OFF_NEGATIVE;
     else if ((u128)(uint64_t)offset + span > c->size)
-        code = C_NO_FIT;
+        *code = C_NO_FIT;
     else if (overlaps(c, c->address + (uint64_t)offset, c->address + (uint64_t)offset + span))
-        code = C_EXISTS;
-    else if (index_reserve(c) < 0) { /* cannot fail: reserved above, nothing inserted since */
+        *code = C_EXISTS;
+    if (*code) {
         leave_shared(c);
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (code) {
-        leave_shared(c);
-        goto out;
+        return 0;
     }
     uint64_t addr = c->address + (uint64_t)offset;
-    index_insert(c, addr, addr + span, NULL, E_CLAIM);
-    m->addr = addr;
+    index_insert(c, addr, addr + span, NULL, E_CLAIM); /* room reserved by map_prepare */
+    m->addr = j->addr = addr;
+    if (j->kind == K_FILE_SHARED && !j->check_fd)
+        j->sync = dev_sync(j->dev);
+    return 1;
+}
 
-    /* The syscalls, with the claim held. */
-    int sync = kind == K_FILE_SHARED ? dev_sync(dev) : -1;
-    int err = 0, learned = -1, gran = GRAN_BYTE, hole = 0;
-    Py_BEGIN_ALLOW_THREADS
-    if (kind == K_FILE_SHARED) {
-        gran = GRAN_PAGE;
-        if (sync != 0) {
-            err = sys_mmap_fixed(addr, length, bits, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED,
-                                 fd, file_offset);
+/* The syscalls, with the claim held (no GIL): the descriptor check when asked (a job of the
+   async API checks the file itself), then the mmap with the MAP_SYNC probe, and the mend of a
+   failed one. */
+static void
+map_syscalls(MapJob *j)
+{
+    if (j->check_fd) {
+        int64_t r;
+        int e;
+        while ((e = inject_check(SC_FSTAT)) == EINTR)
+            ;
+        if (e)
+            r = -(int64_t)e;
+        else
+            while ((r = ap_fdcheck_dev(j->fd, &j->dev)) == -EINTR)
+                ;
+        j->fsize = r;
+        if (r <= 0 || (u128)(uint64_t)j->file_offset + j->length > (uint64_t)r) {
+            j->err = -1;
+            return;
+        }
+        if (j->kind == K_FILE_SHARED)
+            j->sync = dev_sync(j->dev);
+    }
+    uint64_t addr = j->addr, length = j->length;
+    int err = 0;
+    j->gran = GRAN_BYTE;
+    if (j->kind == K_FILE_SHARED) {
+        j->gran = GRAN_PAGE;
+        if (j->sync != 0) {
+            err = sys_mmap_fixed(addr, length, j->bits, MAP_SHARED_VALIDATE | MAP_SYNC | MAP_FIXED,
+                                 j->fd, j->file_offset);
             if (!err) {
-                learned = 1;
-                gran = GRAN_CACHE_LINE;
+                j->learned = 1;
+                j->gran = GRAN_CACHE_LINE;
             }
             else if (err == EOPNOTSUPP || err == EINVAL)
-                learned = 0;
+                j->learned = 0;
         }
-        if (sync == 0 || err)
-            err = sys_mmap_fixed(addr, length, bits, kind_flags[kind], fd, file_offset);
+        if (j->sync == 0 || err)
+            err = sys_mmap_fixed(addr, length, j->bits, kind_flags[j->kind], j->fd,
+                                 j->file_offset);
     }
     else
-        err = sys_mmap_fixed(addr, length, bits, kind_flags[kind], fd, file_offset);
+        err = sys_mmap_fixed(addr, length, j->bits, kind_flags[j->kind], j->fd, j->file_offset);
     if (err) {
         /* Current kernels leave the old placeholder in place when a MAP_FIXED mmap fails;
            older ones could leave a hole. A NOREPLACE placeholder tells the two apart. */
-        int e = fill_hole(addr, span);
-        if (e && e != EEXIST && covered(addr, addr + span) != 1)
-            hole = 1;
+        int e = fill_hole(addr, j->span);
+        if (e && e != EEXIST && covered(addr, addr + j->span) != 1)
+            j->hole = 1;
     }
-    Py_END_ALLOW_THREADS
+    j->err = err;
+}
 
-    /* Commit or drop the claim. */
-    if (learned >= 0)
-        dev_learn(dev, learned);
+/* Commit or drop the claim: the new open mapping (a new reference), or the int code (an errno,
+   | HOLE_BIT when the range became a hole; C_FILE when the job's descriptor check refused). */
+static PyObject *
+map_commit(Core *c, MapObj *m, MapJob *j)
+{
+    if (j->learned >= 0)
+        dev_learn(j->dev, j->learned);
     Pos pos;
-    Entry *claim = entry_at(c, addr, &pos);
-    if (err) {
-        if (hole) {
+    Entry *claim = entry_at(c, j->addr, &pos);
+    if (j->err) {
+        long code;
+        if (j->err == -1) {
+            index_remove_at(c, pos);
+            code = C_FILE;
+        }
+        else if (j->hole) {
             claim->kind = E_HOLE;
             c->nholes++;
             c->version++;
+            code = j->err | HOLE_BIT;
         }
-        else
+        else {
             index_remove_at(c, pos);
+            code = j->err;
+        }
         leave_shared(c);
-        code = err | (hole ? HOLE_BIT : 0);
-        goto out;
+        return PyLong_FromLong(code);
     }
-    m->gran = gran;
+    m->gran = j->gran;
     m->state = ST_OPEN;
     Py_INCREF(m);
     claim->m = m;
@@ -1366,10 +1436,36 @@ core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
     c->nmapped++;
     c->version++;
     leave_shared(c);
+    Py_INCREF(m);
     return (PyObject *)m;
-out:
+}
+
+/* _map(cls, offset, length, bits, kind, fd, file_offset, dev, protection, sharing, file)
+   -> the new open mapping (an instance of cls), or an int code / errno (| HOLE_BIT). */
+static PyObject *
+core_map(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "_map: bad arguments");
+        return NULL;
+    }
+    long long offset;
+    long code;
+    MapJob j;
+    MapObj *m = map_prepare(c, args, &offset, &j);
+    if (m == NULL)
+        return NULL;
+    int r = map_begin(c, m, offset, &j, 1, &code);
+    if (r <= 0) {
+        Py_DECREF(m);
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    map_syscalls(&j);
+    Py_END_ALLOW_THREADS
+    PyObject *result = map_commit(c, m, &j);
     Py_DECREF(m);
-    return PyLong_FromLong(code);
+    return result;
 }
 
 static MapObj *
@@ -1384,63 +1480,84 @@ as_mapping(Core *c, PyObject *arg)
 
 /* -- unmap --------------------------------------------------------------------------------- */
 
-/* _unmap(m) -> 0, C_HOLE_NOTED (done, but the range could only be freed), a busy code, or the
-   errno of a refusal (nothing changed). Waits for a persist in flight. */
-static PyObject *
-core_unmap(Core *c, PyObject *arg)
+typedef struct {
+    uint64_t addr, span;
+    int err, hole;
+} UnmapJob;
+
+/* Admission and the UNMAPPING mark. 1: marked; 0: *code is the outcome (0: nothing to do, a
+   busy code, C_WOULD_BLOCK when not `blocking` and it would wait); -1: exception. Waits for a
+   persist or an unmap of the same mapping in flight. */
+static int
+unmap_begin(Core *c, MapObj *m, int blocking, UnmapJob *j, long *code)
 {
-    MapObj *m = as_mapping(c, arg);
-    if (m == NULL)
-        return NULL;
+    *code = 0;
     if (m->state == ST_NEW) /* found by the collector while its map waits: not mapped yet */
-        return PyLong_FromLong(0);
+        return 0;
     if (m->state != ST_OPEN || m->pins || !try_enter_shared(c)) {
         if (m->state == ST_CLOSED)
-            return PyLong_FromLong(0);
+            return 0;
+        if (!blocking) {
+            *code = C_WOULD_BLOCK;
+            return 0;
+        }
         if (enter_shared(c) < 0)
-            return NULL;
+            return -1;
         while (m->state == ST_UNMAPPING || m->pins) {
             if (gate_wait(c) < 0) {
                 leave_shared_waking(c);
-                return NULL;
+                return -1;
             }
         }
         if (m->state == ST_CLOSED) {
             leave_shared(c);
-            return PyLong_FromLong(0);
+            return 0;
         }
     }
     Py_ssize_t alive = live_of(m);
     if (alive != 0) {
         leave_shared(c);
         if (alive < 0)
-            return NULL;
-        return PyLong_FromSsize_t(C_BUSY_BASE - alive);
+            return -1;
+        *code = C_BUSY_BASE - alive;
+        return 0;
     }
     m->state = ST_UNMAPPING;
     c->version++;
-    uint64_t addr = m->addr, span = m->span;
-    int err, hole = 0;
-    Py_BEGIN_ALLOW_THREADS
-    err = sys_mmap_fixed(addr, span, PROT_NONE, PH_FIXED, -1, 0);
-    if (err == ENOMEM) {
+    j->addr = m->addr;
+    j->span = m->span;
+    j->err = j->hole = 0;
+    return 1;
+}
+
+static void
+unmap_syscalls(UnmapJob *j)
+{
+    j->err = sys_mmap_fixed(j->addr, j->span, PROT_NONE, PH_FIXED, -1, 0);
+    if (j->err == ENOMEM) {
         /* At the VMA limit the kernel refuses the overlay (it needs an extra VMA for a moment)
            while munmap + a NOREPLACE placeholder (which merges) goes through. Between the two
            the range is free: if something else takes it, it becomes a hole. */
-        err = sys_munmap(addr, span);
-        if (!err && fill_hole(addr, span))
-            hole = 1;
+        j->err = sys_munmap(j->addr, j->span);
+        if (!j->err && fill_hole(j->addr, j->span))
+            j->hole = 1;
     }
-    Py_END_ALLOW_THREADS
-    if (err) {
+}
+
+/* 0, C_HOLE_NOTED (done, but the range could only be freed), or the errno of a refusal
+   (nothing changed). */
+static long
+unmap_commit(Core *c, MapObj *m, UnmapJob *j)
+{
+    if (j->err) {
         m->state = ST_OPEN;
         leave_shared_waking(c);
-        return PyLong_FromLong(err);
+        return j->err;
     }
     Pos pos;
-    Entry *e = entry_at(c, addr, &pos);
+    Entry *e = entry_at(c, j->addr, &pos);
     MapObj *ref = NULL;
-    if (hole) { /* stays in the index, invisible, until repaired */
+    if (j->hole) { /* stays in the index, invisible, until repaired */
         ref = e->m;
         e->m = NULL;
         e->kind = E_HOLE;
@@ -1453,10 +1570,86 @@ core_unmap(Core *c, PyObject *arg)
     c->version++;
     leave_shared_waking(c);
     Py_XDECREF(ref); /* the caller still holds m: nothing is freed here */
-    return PyLong_FromLong(hole ? C_HOLE_NOTED : 0);
+    return j->hole ? C_HOLE_NOTED : 0;
+}
+
+/* _unmap(m) -> 0, C_HOLE_NOTED, a busy code, or the errno of a refusal (nothing changed). */
+static PyObject *
+core_unmap(Core *c, PyObject *arg)
+{
+    MapObj *m = as_mapping(c, arg);
+    if (m == NULL)
+        return NULL;
+    UnmapJob j;
+    long code;
+    int r = unmap_begin(c, m, 1, &j, &code);
+    if (r <= 0)
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    Py_BEGIN_ALLOW_THREADS
+    unmap_syscalls(&j);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(unmap_commit(c, m, &j));
 }
 
 /* -- persist ------------------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t start, end;
+    int err;
+} PersistJob;
+
+/* Admission and the pin. 1: pinned; 0: *code (C_CLOSED: unmapped, C_WOULD_BLOCK); -1. */
+static int
+persist_begin(Core *c, MapObj *m, int blocking, PersistJob *j, long *code)
+{
+    *code = 0;
+    if (m->state != ST_OPEN) {
+        *code = C_CLOSED;
+        return 0;
+    }
+    if (!blocking) {
+        if (!try_enter_shared(c)) {
+            *code = C_WOULD_BLOCK;
+            return 0;
+        }
+    }
+    else if (enter_shared(c) < 0)
+        return -1;
+    if (m->state != ST_OPEN) {
+        leave_shared(c);
+        *code = C_CLOSED;
+        return 0;
+    }
+    m->pins++;
+    j->err = 0;
+    return 1;
+}
+
+static void
+persist_syscalls(PersistJob *j)
+{
+    if (j->end > j->start)
+        j->err = sys_msync(j->start, j->end - j->start, MS_SYNC);
+}
+
+static long
+persist_commit(Core *c, MapObj *m, PersistJob *j)
+{
+    m->pins--;
+    if (m->pins)
+        leave_shared(c);
+    else /* an unmap may wait for the last one */
+        leave_shared_waking(c);
+    return j->err;
+}
+
+static int
+persist_range(PyObject *const *args, PersistJob *j)
+{
+    j->start = PyLong_AsUnsignedLongLong(args[0]);
+    j->end = PyLong_AsUnsignedLongLong(args[1]);
+    return PyErr_Occurred() ? -1 : 0;
+}
 
 /* _persist(m, start, end) -> 0, C_CLOSED (the mapping is unmapped), or msync's errno. */
 static PyObject *
@@ -1465,33 +1658,627 @@ core_persist(Core *c, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 3)
         return PyErr_Format(PyExc_TypeError, "_persist(m, start, end)");
     MapObj *m = as_mapping(c, args[0]);
-    if (m == NULL)
+    PersistJob j;
+    long code;
+    if (m == NULL || persist_range(args + 1, &j) < 0)
         return NULL;
-    unsigned long long start = PyLong_AsUnsignedLongLong(args[1]);
-    unsigned long long end = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (m->state != ST_OPEN)
-        return PyLong_FromLong(C_CLOSED);
-    if (enter_shared(c) < 0)
-        return NULL;
-    if (m->state != ST_OPEN) {
-        leave_shared(c);
-        return PyLong_FromLong(C_CLOSED);
+    int r = persist_begin(c, m, 1, &j, &code);
+    if (r <= 0)
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    Py_BEGIN_ALLOW_THREADS
+    persist_syscalls(&j);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(persist_commit(c, m, &j));
+}
+
+/* -- jobs of the async API ----------------------------------------------------------------- */
+
+/* An async map, unmap or persist: begun on the caller's thread (the event loop's), its
+   syscalls run by the executor (_exec.h) without the GIL, committed on the event loop when its
+   port (below) drains. Begin, submission and commit are each one C call, so no interrupt can
+   come between a claim and the job that stands for it; a job is never abandoned: its commit
+   runs whether or not its caller still waits. */
+
+enum { OP_MAP = 0, OP_UNMAP = 1, OP_PERSIST = 2 };
+
+typedef struct PortObj PortObj;
+
+typedef struct OpObj {
+    PyObject_HEAD
+    ExecJob job;
+    int op;
+    char delivered; /* committed and handed to its waiter (GIL) */
+    char committed; /* by the drain, or by the rescue (GIL) */
+    double finished_at; /* when the worker listed it (under the port's mutex) */
+    Core *core;
+    MapObj *m;
+    PortObj *port;
+    PyObject *waiter;
+    PyObject *result; /* after the commit: the mapping, or an int code */
+    struct OpObj *next_done;
+    union {
+        MapJob map;
+        UnmapJob unmap;
+        PersistJob persist;
+    } u;
+} OpObj;
+
+/* Where the finished jobs of one event loop wait for it: an eventfd the loop watches, written
+   only when the list goes from empty to non-empty (one wake-up per batch), and the list. */
+struct PortObj {
+    PyObject_HEAD
+    PyObject *weakreflist;
+    struct PortObj *prev_port, *next_port; /* every port, for the rescue (under ports_mu) */
+    long inflight; /* jobs started and not drained yet (GIL) */
+    int registered; /* in all_ports */
+    int efd;
+    int signaled; /* the eventfd was written since the last drain */
+    pthread_mutex_t mu;
+    OpObj *head, *tail;
+    PyObject *how;
+};
+
+static PyTypeObject OpType;
+static PyTypeObject PortType;
+static int wake_waiter(PyObject *waiter, PyObject *how, PyObject *job);
+static int check_how(PyObject *how);
+
+#define OP_OF(j) ((OpObj *)((char *)(j) - offsetof(OpObj, job)))
+
+/* A finished job its event loop has not drained after this long is committed by the rescue
+   (the loop is gone, or blocked): the reservation never waits for a loop that stopped. */
+#define RESCUE_AFTER 0.05
+
+static pthread_mutex_t ports_mu = PTHREAD_MUTEX_INITIALIZER;
+static PortObj *all_ports;
+
+static void
+op_run(ExecJob *job)
+{
+    OpObj *o = OP_OF(job);
+    if (o->op == OP_MAP)
+        map_syscalls(&o->u.map);
+    else if (o->op == OP_UNMAP)
+        unmap_syscalls(&o->u.unmap);
+    else
+        persist_syscalls(&o->u.persist);
+}
+
+/* In the worker: append to the port's list, and write the eventfd if the list was empty. The
+   write is made under the port's mutex: until the drain has taken the job, the port cannot go
+   away (the job holds it), and the drain takes the list under the same mutex. */
+static void
+op_deliver(ExecJob *job)
+{
+    OpObj *o = OP_OF(job);
+    PortObj *p = o->port;
+    int first = 0;
+    pthread_mutex_lock(&p->mu);
+    o->next_done = NULL;
+    o->finished_at = exec_now();
+    if (p->tail)
+        p->tail->next_done = o;
+    else
+        p->head = o;
+    p->tail = o;
+    if (!p->signaled) {
+        uint64_t one = 1;
+        p->signaled = 1;
+        first = 1;
+        while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
     }
-    m->pins++;
-    int err = 0;
-    if (end > start) {
+    pthread_mutex_unlock(&p->mu);
+    if (first)
+        exec_want_rescue(RESCUE_AFTER);
+}
+
+/* The executor's reference (taken here) is given back by the drain. Without any worker (none
+   could be started), the job runs right here, without the GIL: it still completes. */
+static void
+op_start(OpObj *o)
+{
+    o->job.run = op_run;
+    o->job.deliver = op_deliver;
+    Py_INCREF(o);
+    o->port->inflight++;
+    if (exec_submit(&o->job) != 0) {
         Py_BEGIN_ALLOW_THREADS
-        err = sys_msync(start, end - start, MS_SYNC);
+        op_run(&o->job);
         Py_END_ALLOW_THREADS
+        op_deliver(&o->job);
     }
-    m->pins--;
-    if (m->pins)
-        leave_shared(c);
-    else /* an unmap may wait for the last one */
-        leave_shared_waking(c);
-    return PyLong_FromLong(err);
+}
+
+/* Commit once (GIL held; whoever comes first: the drain or the rescue). No Python code runs
+   and nothing is collected meanwhile: the results are ints or the mapping. */
+static void
+op_commit(OpObj *o)
+{
+    if (o->committed)
+        return;
+    o->committed = 1;
+    PyObject *r;
+    if (o->op == OP_MAP)
+        r = map_commit(o->core, o->m, &o->u.map);
+    else if (o->op == OP_UNMAP)
+        r = PyLong_FromLong(unmap_commit(o->core, o->m, &o->u.unmap));
+    else
+        r = PyLong_FromLong(persist_commit(o->core, o->m, &o->u.persist));
+    if (r == NULL) { /* committed all the same; the caller gets MemoryError */
+        PyErr_Clear();
+        r = Py_NewRef(Py_None);
+    }
+    o->result = r;
+}
+
+/* A new job for `port`, its task's `waiter` kept (allocated before anything is begun). */
+static OpObj *
+op_new(Core *c, PyObject *port, PyObject *waiter, int op)
+{
+    if (!PyObject_TypeCheck(port, &PortType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Port");
+        return NULL;
+    }
+    if (((PortObj *)port)->efd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the port is closed");
+        return NULL;
+    }
+    OpObj *o = PyObject_GC_New(OpObj, &OpType);
+    if (o == NULL)
+        return NULL;
+    o->op = op;
+    o->delivered = o->committed = 0;
+    o->finished_at = 0;
+    o->core = (Core *)Py_NewRef((PyObject *)c);
+    o->m = NULL;
+    o->port = (PortObj *)Py_NewRef(port);
+    o->waiter = Py_NewRef(waiter);
+    o->result = NULL;
+    o->next_done = NULL;
+    PyObject_GC_Track(o);
+    return o;
+}
+
+/* The end of a job's begin, `r` and `code` as the begin returned them: the submitted job, or
+   the code (nothing begun; the job is dropped). */
+static PyObject *
+op_begun(OpObj *o, MapObj *m, int r, long code)
+{
+    if (r <= 0) {
+        Py_DECREF(o);
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    }
+    if (o->m == NULL)
+        o->m = (MapObj *)Py_NewRef((PyObject *)m);
+    op_start(o);
+    return (PyObject *)o;
+}
+
+/* A new job of kind `op` on the mapping args[2] (args: port, waiter, m, ...). */
+static OpObj *
+op_on_mapping(Core *c, PyObject *const *args, int op, MapObj **m)
+{
+    *m = as_mapping(c, args[2]);
+    return *m == NULL ? NULL : op_new(c, args[0], args[1], op);
+}
+
+/* _map_job(port, waiter, cls, offset, length, bits, kind, fd, file_offset, dev, protection,
+   sharing, file, check_fd) -> the submitted job, or an int code (nothing begun; C_WOULD_BLOCK:
+   the gate would wait, take the blocking path). check_fd: the job checks the descriptor
+   first (its outcome is then (C_FILE, the check's result) when it refuses). */
+static PyObject *
+core_map_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14)
+        return PyErr_Format(PyExc_TypeError, "_map_job: bad arguments");
+    int check_fd = PyObject_IsTrue(args[13]);
+    if (check_fd < 0)
+        return NULL;
+    OpObj *o = op_new(c, args[0], args[1], OP_MAP);
+    if (o == NULL)
+        return NULL;
+    long long offset;
+    long code;
+    MapObj *m = map_prepare(c, args + 2, &offset, &o->u.map);
+    if (m == NULL) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    o->u.map.check_fd = check_fd;
+    o->m = m;
+    int r = map_begin(c, m, offset, &o->u.map, 0, &code);
+    return op_begun(o, m, r, code);
+}
+
+/* _unmap_job(port, waiter, m) -> the submitted job, or an int code (0: nothing to do, a busy
+   code, C_WOULD_BLOCK). */
+static PyObject *
+core_unmap_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "_unmap_job(port, waiter, m)");
+    MapObj *m;
+    OpObj *o = op_on_mapping(c, args, OP_UNMAP, &m);
+    if (o == NULL)
+        return NULL;
+    long code;
+    int r = unmap_begin(c, m, 0, &o->u.unmap, &code);
+    return op_begun(o, m, r, code);
+}
+
+/* _persist_job(port, waiter, m, start, end) -> the submitted job, or an int code (C_CLOSED,
+   C_WOULD_BLOCK). */
+static PyObject *
+core_persist_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5)
+        return PyErr_Format(PyExc_TypeError, "_persist_job(port, waiter, m, start, end)");
+    MapObj *m;
+    OpObj *o = op_on_mapping(c, args, OP_PERSIST, &m);
+    if (o == NULL)
+        return NULL;
+    long code;
+    if (persist_range(args + 3, &o->u.persist) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    int r = persist_begin(c, m, 0, &o->u.persist, &code);
+    return op_begun(o, m, r, code);
+}
+
+static int
+op_traverse(OpObj *o, visitproc visit, void *arg)
+{
+    Py_VISIT(o->waiter);
+    Py_VISIT(o->result);
+    Py_VISIT((PyObject *)o->m);
+    Py_VISIT((PyObject *)o->core);
+    Py_VISIT((PyObject *)o->port);
+    return 0;
+}
+
+static int
+op_clear(OpObj *o)
+{
+    /* Only a job the executor no longer holds can be garbage: core, m and port stay for the
+       dealloc (a commit needs them, and commits happen before the executor lets go). */
+    Py_CLEAR(o->waiter);
+    Py_CLEAR(o->result);
+    return 0;
+}
+
+static void
+op_dealloc(OpObj *o)
+{
+    PyObject_GC_UnTrack(o);
+    op_clear(o);
+    Py_XDECREF((PyObject *)o->m);
+    Py_XDECREF((PyObject *)o->core);
+    Py_XDECREF((PyObject *)o->port);
+    PyObject_GC_Del(o);
+}
+
+static PyObject *
+op_outcome(OpObj *o, PyObject *unused)
+{
+    (void)unused;
+    if (!o->delivered || o->result == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "the job is not done");
+    if (o->result == Py_None) /* its commit could not make the result */
+        return PyErr_NoMemory();
+    if (o->op == OP_MAP && PyLong_CheckExact(o->result) && PyLong_AsLong(o->result) == C_FILE)
+        return Py_BuildValue("(iL)", C_FILE, (long long)o->u.map.fsize);
+    return Py_NewRef(o->result);
+}
+
+static PyObject *
+op_get_delivered(OpObj *o, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(o->delivered);
+}
+
+static PyObject *
+op_get_none(OpObj *o, void *unused)
+{
+    (void)o;
+    (void)unused;
+    Py_RETURN_NONE;
+}
+
+static int
+op_set_error(OpObj *o, PyObject *v, void *unused)
+{
+    (void)o;
+    (void)unused;
+    if (v != NULL && v != Py_None) {
+        PyErr_SetString(PyExc_AttributeError, "a job's outcome is its result");
+        return -1;
+    }
+    return 0;
+}
+
+static PyMethodDef op_methods[] = {
+    {"outcome", (PyCFunction)op_outcome, METH_NOARGS, "The committed result (once delivered)."},
+    {NULL},
+};
+
+static PyMemberDef op_members[] = {
+    {"waiter", T_OBJECT, offsetof(OpObj, waiter), 0, "the future or task that waits"},
+    {NULL},
+};
+
+static PyGetSetDef op_getset[] = {
+    {"delivered", (getter)op_get_delivered, NULL, "committed and handed to its waiter", NULL},
+    {"error", (getter)op_get_none, (setter)op_set_error, "always None (codes are results)",
+     NULL},
+    {"ticket", (getter)op_get_none, NULL, "always None (a job never waits at the gate)", NULL},
+    {NULL},
+};
+
+static PyTypeObject OpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Job",
+    .tp_basicsize = sizeof(OpObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One map, unmap or persist of the async API, run by the executor.",
+    .tp_traverse = (traverseproc)op_traverse,
+    .tp_clear = (inquiry)op_clear,
+    .tp_dealloc = (destructor)op_dealloc,
+    .tp_methods = op_methods,
+    .tp_members = op_members,
+    .tp_getset = op_getset,
+};
+
+/* -- ports --------------------------------------------------------------------------------- */
+
+static PyObject *
+port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *how;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Port(how)");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O:Port", &how) || check_how(how) < 0)
+        return NULL;
+    PortObj *p = (PortObj *)type->tp_alloc(type, 0);
+    if (p == NULL)
+        return NULL;
+    pthread_mutex_init(&p->mu, NULL);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(p);
+        return NULL;
+    }
+    p->how = Py_NewRef(how);
+    pthread_mutex_lock(&ports_mu);
+    p->next_port = all_ports;
+    if (all_ports)
+        all_ports->prev_port = p;
+    all_ports = p;
+    p->registered = 1;
+    pthread_mutex_unlock(&ports_mu);
+    return (PyObject *)p;
+}
+
+static void
+port_dealloc(PortObj *p)
+{
+    /* No job can be listed: each holds a reference to its port. */
+    if (p->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)p);
+    if (p->registered) {
+        pthread_mutex_lock(&ports_mu);
+        if (p->prev_port)
+            p->prev_port->next_port = p->next_port;
+        else if (all_ports == p)
+            all_ports = p->next_port;
+        if (p->next_port)
+            p->next_port->prev_port = p->prev_port;
+        pthread_mutex_unlock(&ports_mu);
+    }
+    if (p->efd >= 0)
+        close(p->efd);
+    pthread_mutex_destroy(&p->mu);
+    Py_XDECREF(p->how);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+/* drain(): on the event loop, when the eventfd is readable: commit every finished job (no
+   Python code runs meanwhile), then wake each one's task. */
+static PyObject *
+port_drain(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    uint64_t v;
+    while (read(p->efd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&p->mu);
+    OpObj *list = p->head;
+    p->head = p->tail = NULL;
+    p->signaled = 0;
+    pthread_mutex_unlock(&p->mu);
+    for (OpObj *o = list; o; o = o->next_done)
+        op_commit(o);
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    for (OpObj *o = list, *next; o; o = next) {
+        next = o->next_done;
+        o->next_done = NULL;
+        o->delivered = 1;
+        if (o->waiter != NULL && wake_waiter(o->waiter, p->how, (PyObject *)o) < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &tb);
+            else
+                PyErr_WriteUnraisable((PyObject *)p);
+        }
+        p->inflight--;
+        Py_DECREF(o); /* the executor's */
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+port_fileno(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    if (p->efd < 0)
+        return PyErr_Format(PyExc_ValueError, "the port is closed");
+    return PyLong_FromLong(p->efd);
+}
+
+/* close(): release the eventfd now (its event loop is done with it); a port with jobs in
+   flight keeps it until they are drained... by nobody, so until the port dies. */
+static PyObject *
+port_close(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    if (p->efd >= 0 && p->inflight == 0) {
+        close(p->efd);
+        p->efd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef port_methods[] = {
+    {"drain", (PyCFunction)port_drain, METH_NOARGS,
+     "Commit the finished jobs and wake their tasks (on the port's event loop)."},
+    {"fileno", (PyCFunction)port_fileno, METH_NOARGS,
+     "The eventfd to watch: readable when finished jobs wait."},
+    {"close", (PyCFunction)port_close, METH_NOARGS,
+     "Release the eventfd (unless jobs are in flight: then when the port dies)."},
+    {NULL},
+};
+
+static PyMemberDef port_members[] = {
+    {"how", T_OBJECT, offsetof(PortObj, how), READONLY, "how a job's task is woken"},
+    {"fd", T_INT, offsetof(PortObj, efd), READONLY, "the eventfd, -1 once closed"},
+    {NULL},
+};
+
+static PyTypeObject PortType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Port",
+    .tp_basicsize = sizeof(PortObj),
+    .tp_weaklistoffset = offsetof(PortObj, weakreflist),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Port(how): where one event loop's finished jobs wait for it.",
+    .tp_new = port_new,
+    .tp_dealloc = (destructor)port_dealloc,
+    .tp_methods = port_methods,
+    .tp_members = port_members,
+};
+
+/* The executor's rescue hook (an idle worker, no GIL): commit the finished jobs that waited
+   RESCUE_AFTER or longer for their event loop's drain (the loop stopped, or is blocked): their
+   admissions and claims are given back whatever becomes of the loop; the loop's drain, if it
+   ever comes, then only wakes their tasks. Returns when to look again (0: nothing waits). */
+static unsigned long long rescued;
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define IS_FINALIZING() Py_IsFinalizing()
+#else
+#define IS_FINALIZING() _Py_IsFinalizing()
+#endif
+
+static double
+rescue_ports(void)
+{
+    double now = exec_now(), oldest = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        for (OpObj *o = p->head; o; o = o->next_done)
+            if (!o->committed && (oldest == 0 || o->finished_at < oldest))
+                oldest = o->finished_at;
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
+    if (oldest == 0)
+        return 0;
+    if (now - oldest < RESCUE_AFTER)
+        return RESCUE_AFTER - (now - oldest);
+    if (IS_FINALIZING())
+        return 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    /* Under the GIL no drain runs; a job is committed at most once (its flag). */
+    now = exec_now();
+    double next = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        for (OpObj *o = p->head; o; o = o->next_done) {
+            if (o->committed)
+                continue;
+            if (now - o->finished_at >= RESCUE_AFTER) {
+                op_commit(o);
+                rescued++;
+            }
+            else if (next == 0 || RESCUE_AFTER - (now - o->finished_at) < next)
+                next = RESCUE_AFTER - (now - o->finished_at);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
+    PyGILState_Release(g);
+    return next;
+}
+
+/* executor_stats() -> dict of the executor's counters. */
+static PyObject *
+executor_stats(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    pthread_mutex_lock(&ex.mu);
+    long threads = ex.threads, idle = ex.idle, running = ex.running, spare = ex.spare,
+         queued = ex.queued, max_workers = ex.max_workers;
+    unsigned long long started = ex.started, retired = ex.retired, ran = ex.ran;
+    double idle_exit = ex.idle_exit, spin = ex.spin;
+    pthread_mutex_unlock(&ex.mu);
+    return Py_BuildValue("{slslslslslslsdsdsKsKsKsK}", "threads", threads, "idle", idle,
+                         "running", running, "spare", spare, "queued", queued, "max_workers",
+                         max_workers, "idle_exit", idle_exit, "spin", spin, "started", started,
+                         "retired", retired, "ran", ran, "rescued", rescued);
+}
+
+/* executor_configure(max_workers, idle_exit, spin): None leaves a setting as it is. */
+static PyObject *
+executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit, spin)");
+    long n = -1;
+    double t = -1, spin = -1;
+    if (args[0] != Py_None && ((n = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (args[1] != Py_None && ((t = PyFloat_AsDouble(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (args[2] != Py_None && ((spin = PyFloat_AsDouble(args[2])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if ((args[0] != Py_None && (n < 1 || n > 1024)) || (args[1] != Py_None && !(t > 0)) ||
+        (args[2] != Py_None && !(spin >= 0 && spin <= 0.01))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "max_workers: 1..1024, idle_exit: > 0, spin: 0..0.01 seconds");
+        return NULL;
+    }
+    pthread_mutex_lock(&ex.mu);
+    if (n > 0)
+        ex.max_workers = (int)n;
+    if (t > 0)
+        ex.idle_exit = t;
+    if (spin >= 0)
+        ex.spin = spin;
+    pthread_cond_broadcast(&ex.idle_cv); /* idle ones look at the new deadline */
+    pthread_mutex_unlock(&ex.mu);
+    Py_RETURN_NONE;
 }
 
 /* -- extend / shrink ----------------------------------------------------------------------- */
@@ -1984,6 +2771,9 @@ core_abandon(Core *c, PyObject *unused)
 }
 
 static PyMethodDef core_methods[] = {
+    {"_map_job", (PyCFunction)(void (*)(void))core_map_job, METH_FASTCALL, NULL},
+    {"_unmap_job", (PyCFunction)(void (*)(void))core_unmap_job, METH_FASTCALL, NULL},
+    {"_persist_job", (PyCFunction)(void (*)(void))core_persist_job, METH_FASTCALL, NULL},
     {"_map", (PyCFunction)(void (*)(void))core_map, METH_FASTCALL, NULL},
     {"_unmap", (PyCFunction)core_unmap, METH_O, NULL},
     {"_persist", (PyCFunction)(void (*)(void))core_persist, METH_FASTCALL, NULL},
@@ -2601,44 +3391,58 @@ out:
     Py_RETURN_NONE;
 }
 
-/* Hand one finished job to its task: `how` is None for an asyncio future (set its result
-   unless it is done: a cancelled waiter re-waits), (reschedule, Value) for a trio task, or a
-   callable that takes the job (a port without an event loop). */
+/* Wake the task that waits for a finished job: `how` is None for an asyncio future (set its
+   result unless it is done: a cancelled waiter re-waits), (reschedule, Value) for a trio task,
+   or a callable that takes the job (a port without an event loop). */
+static PyObject *str_done, *str_set_result;
+
 static int
-deliver_one(PyObject *job, PyObject *how)
+wake_waiter(PyObject *waiter, PyObject *how, PyObject *job)
 {
-    if (PyObject_SetAttrString(job, "delivered", Py_True) < 0)
-        return -1;
     if (how != Py_None && !PyTuple_Check(how)) {
         PyObject *r = PyObject_CallOneArg(how, job);
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;
     }
+    if (how == Py_None) {
+        PyObject *d = PyObject_CallMethodNoArgs(waiter, str_done);
+        int done = d == NULL ? -1 : PyObject_IsTrue(d);
+        Py_XDECREF(d);
+        if (done != 0)
+            return done < 0 ? -1 : 0;
+        PyObject *r = PyObject_CallMethodOneArg(waiter, str_set_result, Py_None);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    PyObject *value = PyObject_CallOneArg(PyTuple_GET_ITEM(how, 1), Py_None);
+    PyObject *r = value ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 0), waiter, value, NULL)
+                        : NULL;
+    Py_XDECREF(value);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static int
+check_how(PyObject *how)
+{
+    if ((PyTuple_Check(how) && PyTuple_GET_SIZE(how) != 2) ||
+        (how != Py_None && !PyTuple_Check(how) && !PyCallable_Check(how))) {
+        PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value) or callable");
+        return -1;
+    }
+    return 0;
+}
+
+/* Hand one finished job of the Python pool to its task. */
+static int
+deliver_one(PyObject *job, PyObject *how)
+{
+    if (PyObject_SetAttrString(job, "delivered", Py_True) < 0)
+        return -1;
     PyObject *waiter = PyObject_GetAttrString(job, "waiter");
     if (waiter == NULL)
         return -1;
-    int rc = -1;
-    if (how == Py_None) {
-        PyObject *d = PyObject_CallMethod(waiter, "done", NULL);
-        int done = d == NULL ? -1 : PyObject_IsTrue(d);
-        Py_XDECREF(d);
-        if (done == 0) {
-            PyObject *r = PyObject_CallMethod(waiter, "set_result", "O", Py_None);
-            rc = r == NULL ? -1 : 0;
-            Py_XDECREF(r);
-        }
-        else
-            rc = done < 0 ? -1 : 0;
-    }
-    else {
-        PyObject *value = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 1), Py_None, NULL);
-        PyObject *r = value ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 0), waiter, value,
-                                                           NULL)
-                            : NULL;
-        rc = r == NULL ? -1 : 0;
-        Py_XDECREF(r);
-        Py_XDECREF(value);
-    }
+    int rc = wake_waiter(waiter, how, job);
     Py_DECREF(waiter);
     return rc;
 }
@@ -2663,10 +3467,7 @@ deliver_all(PyObject *module, PyObject *port)
     Py_DECREF(rel);
     PyObject *done = PyObject_GetAttrString(port, "done");
     PyObject *how = done ? PyObject_GetAttrString(port, "how") : NULL;
-    if (how == NULL || (PyTuple_Check(how) && PyTuple_GET_SIZE(how) != 2) ||
-        (how != Py_None && !PyTuple_Check(how) && !PyCallable_Check(how))) {
-        if (how != NULL)
-            PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value) or callable");
+    if (how == NULL || check_how(how) < 0) {
         Py_XDECREF(how);
         Py_XDECREF(done);
         return NULL;
@@ -2707,6 +3508,10 @@ static PyMethodDef module_methods[] = {
      "wake_or_start(pool): one more worker looks at the queue (pool lock held)"},
     {"deliver_all", (PyCFunction)deliver_all, METH_O,
      "deliver_all(port): hand every finished job of the port to its task (on its event loop)"},
+    {"executor_stats", (PyCFunction)executor_stats, METH_NOARGS,
+     "executor_stats() -> the executor's counters (threads, idle, running, ...)"},
+    {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,
+     "executor_configure(max_workers, idle_exit, spin): None keeps a setting"},
     {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,
      "open_path(path, flags) -> OwnedFd (O_CLOEXEC; closed when it dies)"},
     {NULL, NULL, 0, NULL},
@@ -2724,8 +3529,15 @@ PyInit__core(void)
     page_mask = page_size - 1;
     if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&InjectionType) < 0 ||
         PyType_Ready(&CoreType) < 0 || PyType_Ready(&MapType) < 0 ||
-        PyType_Ready(&TicketType) < 0 || PyType_Ready(&OwnedFdType) < 0)
+        PyType_Ready(&TicketType) < 0 || PyType_Ready(&OwnedFdType) < 0 ||
+        PyType_Ready(&OpType) < 0 || PyType_Ready(&PortType) < 0)
         return NULL;
+    str_done = PyUnicode_InternFromString("done");
+    str_set_result = PyUnicode_InternFromString("set_result");
+    if (str_done == NULL || str_set_result == NULL)
+        return NULL;
+    exec_init();
+    ex.rescue = rescue_ports;
     PyObject *mod = PyModule_Create(&core_module);
     if (mod == NULL)
         return NULL;
@@ -2738,7 +3550,9 @@ PyInit__core(void)
         PyModule_AddObjectRef(mod, "ReservationBase", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObjectRef(mod, "MappingBase", (PyObject *)&MapType) < 0 ||
         PyModule_AddObjectRef(mod, "Ticket", (PyObject *)&TicketType) < 0 ||
-        PyModule_AddObjectRef(mod, "OwnedFd", (PyObject *)&OwnedFdType) < 0) {
+        PyModule_AddObjectRef(mod, "OwnedFd", (PyObject *)&OwnedFdType) < 0 ||
+        PyModule_AddObjectRef(mod, "Job", (PyObject *)&OpType) < 0 ||
+        PyModule_AddObjectRef(mod, "Port", (PyObject *)&PortType) < 0) {
         Py_DECREF(mod);
         return NULL;
     }
@@ -2754,7 +3568,8 @@ PyInit__core(void)
         {"C_LEN_NONPOS", C_LEN_NONPOS}, {"C_LEN_PAST", C_LEN_PAST},
         {"C_NOT_EMPTY", C_NOT_EMPTY}, {"C_PAST_ASPACE", C_PAST_ASPACE},
         {"C_EXTEND_EXISTS", C_EXTEND_EXISTS}, {"C_HOLE_NOTED", C_HOLE_NOTED},
-        {"C_BUSY_BASE", C_BUSY_BASE}, {"HOLE_BIT", HOLE_BIT},
+        {"C_BUSY_BASE", C_BUSY_BASE}, {"HOLE_BIT", HOLE_BIT}, {"C_FILE", C_FILE},
+        {"C_WOULD_BLOCK", C_WOULD_BLOCK},
         {"ST_OPEN", ST_OPEN}, {"ST_UNMAPPING", ST_UNMAPPING}, {"ST_CLOSED", ST_CLOSED},
     };
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {

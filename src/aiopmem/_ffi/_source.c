@@ -59,36 +59,13 @@ static int ap_madvise(uintptr_t addr, size_t length, int advice)
     return madvise((void *)addr, length, advice) ? errno : 0;
 }
 
-/* The descriptor check of map_file in one crossing: fcntl(F_GETFL) + fstat, classified.
-   Returns the file size (>= 0) for a readable regular file, -errno when a call fails, or one of
-   the AP_FD_* codes (below -4096, so never confused with an errno). The device of the file is
-   kept per thread for ap_last_dev(): shared mappings consult it to know whether the file
-   system takes MAP_SYNC. */
-#define AP_FD_PATH ((int64_t)-10001)
-#define AP_FD_WRONLY ((int64_t)-10002)
-#define AP_FD_DIR ((int64_t)-10003)
-#define AP_FD_NOTREG ((int64_t)-10004)
-
+/* The descriptor check of map_file in one crossing (ap_fdcheck_dev, in _linux.h); the device
+   of the file is kept per thread for ap_last_dev(). */
 static __thread uint64_t ap_dev;
 
 static int64_t ap_fdcheck(int fd)
 {
-    struct stat st;
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0)
-        return -(int64_t)errno;
-    if (fstat(fd, &st))
-        return -(int64_t)errno;
-    ap_dev = (uint64_t)st.st_dev;
-    if (flags & O_PATH)
-        return AP_FD_PATH;
-    if ((flags & O_ACCMODE) == O_WRONLY)
-        return AP_FD_WRONLY;
-    if (S_ISDIR(st.st_mode))
-        return AP_FD_DIR;
-    if (!S_ISREG(st.st_mode))
-        return AP_FD_NOTREG;
-    return (int64_t)st.st_size;
+    return ap_fdcheck_dev(fd, &ap_dev);
 }
 
 static uint64_t ap_last_dev(void)

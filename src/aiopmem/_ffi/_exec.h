@@ -1,0 +1,300 @@
+/* The executor: worker threads that run jobs without ever taking the GIL.
+
+   Interface (trio's start_thread_soon(fn, deliver) is the model): a job is a C struct with two
+   functions. `run` makes the job's syscalls; `deliver` hands the finished job on (to the event
+   loop that waits for it, see "ports" in _core.c); both are called in a worker, one right after
+   the other, without the GIL. The executor knows nothing of Python or of event loops.
+
+   Scheduling. Jobs run in submission order. One worker normally drains the queue (the hop stays
+   cheap under load: no thread is woken while one is still running), but a job never waits
+   behind a slow one for long: while jobs are queued and every worker runs one, a spare worker
+   watches the queue, and takes the first job once it has waited EXEC_STALL seconds (the
+   running workers are stuck, not merely busy); then another spare takes its place. Slow jobs
+   (a 0.4 s msync) therefore overlap, each starting at most EXEC_STALL late. Idle workers
+   beyond the first exit after `idle_exit` seconds; at most `max_workers` exist.
+
+   Rescue. A job's deliver may ask for a look later (exec_want_rescue): the first idle worker
+   whose wait reaches that time calls the rescue hook (set by the user of the executor), which
+   returns how long until it wants another look (0: none). The jobs' user uses it to commit the
+   jobs of an event loop that stopped draining (see "ports" in _core.c).
+
+   Guarantees: every queued job is run exactly once and delivered exactly once; the queue and
+   the counters are guarded by ex.mu; a submission that cannot be handed to any worker (no
+   thread could be started and none exists) is refused, not queued. After fork() the child
+   starts with an empty executor (it has none of the parent's threads). */
+#ifndef AIOPMEM_EXEC_H
+#define AIOPMEM_EXEC_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <time.h>
+
+typedef struct ExecJob ExecJob;
+struct ExecJob {
+    void (*run)(ExecJob *);
+    void (*deliver)(ExecJob *);
+    ExecJob *next;
+    double queued_at;
+};
+
+#define EXEC_STALL 0.002
+/* How long a worker back from a job watches the queue before it sleeps (seconds): a task that
+   resumes and submits its next job within it needs no wake-up of a sleeping worker. */
+#define EXEC_SPIN 0.0
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t idle_cv, spare_cv;
+    ExecJob *head, *tail;
+    long queued;
+    int threads, idle, running, spare, waking;
+    int max_workers;
+    double idle_exit;
+    double spin; /* seconds a worker back from a job watches the queue before it sleeps */
+    double rescue_at; /* when an idle worker calls the rescue hook (0: not wanted) */
+    double (*rescue)(void);
+    unsigned long long started, retired, ran; /* counters, for tests and benchmarks */
+} ex;
+
+static double
+exec_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void
+exec_deadline(struct timespec *ts, double at)
+{
+    ts->tv_sec = (time_t)at;
+    ts->tv_nsec = (long)((at - (double)ts->tv_sec) * 1e9);
+    if (ts->tv_nsec >= 1000000000) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000;
+    }
+}
+
+static void
+exec_init_locks(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_mutex_init(&ex.mu, NULL);
+    pthread_cond_init(&ex.idle_cv, &attr);
+    pthread_cond_init(&ex.spare_cv, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+static void *exec_worker(void *arg);
+
+/* Start one more worker (ex.mu held): 0, or the errno of pthread_create. Workers block every
+   signal: signals are for the threads that run Python. */
+static int
+exec_start(void)
+{
+    if (ex.threads >= ex.max_workers)
+        return EAGAIN;
+    pthread_attr_t attr;
+    pthread_t t;
+    sigset_t all, old;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int e = pthread_create(&t, &attr, exec_worker, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (e == 0) {
+        ex.threads++;
+        ex.started++;
+    }
+    return e;
+}
+
+/* One more worker looks at the queue (ex.mu held): an idle one is woken, or one is started.
+   0, or an errno when neither is possible. */
+static int
+exec_wake_or_start(void)
+{
+    if (ex.idle) {
+        pthread_cond_signal(&ex.idle_cv);
+        ex.waking = 1;
+        return 0;
+    }
+    return exec_start();
+}
+
+static int
+exec_submit(ExecJob *j)
+{
+    j->next = NULL;
+    j->queued_at = exec_now();
+    pthread_mutex_lock(&ex.mu);
+    int in_transit = ex.threads - ex.running - ex.idle - ex.spare;
+    int e = 0;
+    if (!(ex.waking || in_transit > 0)) { /* nobody is about to look at the queue */
+        if (ex.running) {                 /* it takes the job when done; a spare watches */
+            if (!ex.spare && exec_wake_or_start() != 0)
+                e = 0; /* best effort: the running worker still comes back to the queue */
+        }
+        else if (ex.spare) {
+            pthread_cond_signal(&ex.spare_cv);
+            ex.waking = 1;
+        }
+        else
+            e = exec_wake_or_start();
+    }
+    if (e == 0) {
+        if (ex.tail)
+            ex.tail->next = j;
+        else
+            ex.head = j;
+        ex.tail = j;
+        ex.queued++;
+    }
+    pthread_mutex_unlock(&ex.mu);
+    return e;
+}
+
+/* Ask for a call of the rescue hook in `delay` seconds (or sooner, if asked for already). */
+static void
+exec_want_rescue(double delay)
+{
+    double at = exec_now() + delay;
+    pthread_mutex_lock(&ex.mu);
+    if (ex.rescue_at == 0 || at < ex.rescue_at)
+        ex.rescue_at = at;
+    pthread_mutex_unlock(&ex.mu);
+}
+
+/* Wait for a job this worker should run (ex.mu held); NULL: retire. */
+static ExecJob *
+exec_take(void)
+{
+    int arriving = 1; /* just started, or back from a job: first in line for the queue */
+    for (;;) {
+        if (ex.head) {
+            double now = exec_now();
+            int stuck = !ex.running || now - ex.head->queued_at >= EXEC_STALL;
+            int in_transit = ex.threads - ex.running - ex.idle - ex.spare;
+            /* Back from waiting, leave the job to a worker in transit: it is about to take it. */
+            if (arriving || (stuck && in_transit <= 1))
+                break;
+            struct timespec ts;
+            exec_deadline(&ts, stuck ? now + EXEC_STALL : ex.head->queued_at + EXEC_STALL);
+            ex.spare++;
+            pthread_cond_timedwait(&ex.spare_cv, &ex.mu, &ts);
+            ex.spare--;
+            ex.waking = 0;
+            arriving = 0;
+        }
+        else if (ex.running && !ex.spare) {
+            /* Busy: stay the spare (one timed wake-up per EXEC_STALL while others run, so
+               that a submission behind a running job never has to wake anyone). */
+            struct timespec ts;
+            exec_deadline(&ts, exec_now() + EXEC_STALL);
+            ex.spare++;
+            pthread_cond_timedwait(&ex.spare_cv, &ex.mu, &ts);
+            ex.spare--;
+            ex.waking = 0;
+            arriving = 0;
+        }
+        else {
+            struct timespec ts;
+            double until = exec_now() + ex.idle_exit;
+            if (ex.rescue_at > 0 && ex.rescue_at < until)
+                until = ex.rescue_at;
+            exec_deadline(&ts, until);
+            ex.idle++;
+            int r = pthread_cond_timedwait(&ex.idle_cv, &ex.mu, &ts);
+            ex.idle--;
+            ex.waking = 0;
+            arriving = 0;
+            if (ex.rescue_at > 0 && ex.rescue && exec_now() >= ex.rescue_at) {
+                ex.rescue_at = 0;
+                pthread_mutex_unlock(&ex.mu); /* in transit meanwhile: nobody is woken for us */
+                double again = ex.rescue();
+                pthread_mutex_lock(&ex.mu);
+                if (again > 0) {
+                    double at = exec_now() + again;
+                    if (ex.rescue_at == 0 || at < ex.rescue_at)
+                        ex.rescue_at = at;
+                }
+                continue;
+            }
+            if (r == ETIMEDOUT && !ex.head && ex.threads > 1 && ex.rescue_at == 0) {
+                ex.threads--;
+                ex.retired++;
+                return NULL;
+            }
+        }
+    }
+    ExecJob *j = ex.head;
+    ex.head = j->next;
+    if (!ex.head)
+        ex.tail = NULL;
+    ex.queued--;
+    ex.running++;
+    return j;
+}
+
+static void *
+exec_worker(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&ex.mu);
+    for (;;) {
+        ExecJob *j = exec_take();
+        if (j == NULL)
+            break;
+        /* Keep a spare watching whatever is still queued behind this job. */
+        if (ex.head && !ex.spare && !ex.waking && ex.threads == ex.running + ex.idle)
+            (void)exec_wake_or_start(); /* best effort: this worker comes back to the queue */
+        pthread_mutex_unlock(&ex.mu);
+        j->run(j);
+        pthread_mutex_lock(&ex.mu);
+        ex.running--;
+        ex.ran++;
+        pthread_mutex_unlock(&ex.mu);
+        /* Only now: the task it resumes may submit its next job at once, and this worker must
+           already count as in transit, or another would be woken for it. */
+        j->deliver(j);
+        if (ex.spin > 0) {
+            /* Still in transit (a submission wakes nobody): the next job of a task that
+               resumes now is taken without a wake-up, which costs far more than this wait. */
+            double until = exec_now() + ex.spin;
+            while (!__atomic_load_n(&ex.head, __ATOMIC_ACQUIRE) && exec_now() < until)
+                __builtin_ia32_pause();
+        }
+        pthread_mutex_lock(&ex.mu);
+    }
+    pthread_mutex_unlock(&ex.mu);
+    return NULL;
+}
+
+static void
+exec_after_fork_child(void)
+{
+    exec_init_locks();
+    ex.head = ex.tail = NULL;
+    ex.queued = 0;
+    ex.threads = ex.idle = ex.running = ex.spare = ex.waking = 0;
+    ex.rescue_at = 0;
+}
+
+static void
+exec_init(void)
+{
+    exec_init_locks();
+    ex.max_workers = 64;
+    ex.idle_exit = 10.0;
+    ex.spin = EXEC_SPIN;
+    pthread_atfork(NULL, NULL, exec_after_fork_child);
+}
+
+#endif

@@ -1,0 +1,218 @@
+"""The executor behind the async API (``_ffi/_exec.h``) and the job ports (``_ffi/_core.c``):
+worker threads that never take the GIL, one eventfd per event loop written once per batch,
+a bounded pool whose idle workers retire, the rescue of jobs whose event loop stopped
+draining, and a working executor in a forked child."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+import aiopmem
+import aiopmem.sync
+import kernel
+from aiopmem._core._mapping import Mapping as CoreMapping
+from aiopmem._ffi import C_WOULD_BLOCK, Port, executor_configure, executor_stats
+from aiopmem.sync import Protection, Sharing
+from aiopmem.testing import inject
+from sizes import P
+
+RW = Protection.READ | Protection.WRITE
+_ANON_SHARED = 2
+
+
+def _map_job(rsv: aiopmem.sync.Reservation, port: Port, offset: int) -> Any:
+    """An anonymous one-page map of ``rsv`` at ``offset`` as a job of ``port``."""
+    return rsv._map_job(
+        port, None, CoreMapping, offset, P, 3, _ANON_SHARED, -1, 0, 0, RW, Sharing.SHARED, None,
+        False,
+    )  # fmt: skip
+
+
+def _wait_ran(n: int, timeout: float = 5.0) -> None:
+    """Spin (holding the GIL: no call here releases it) until the executor has run ``n`` jobs."""
+    deadline = time.monotonic() + timeout
+    while executor_stats()["ran"] < n:
+        assert time.monotonic() < deadline, "the executor did not run the job"
+
+
+@contextmanager
+def configured(**settings: Any) -> Iterator[None]:
+    before = executor_stats()
+    executor_configure(settings.get("max_workers"), settings.get("idle_exit"), settings.get("spin"))
+    try:
+        yield
+    finally:
+        executor_configure(before["max_workers"], before["idle_exit"], before["spin"])
+
+
+def test_a_job_runs_while_the_caller_never_lets_go_of_the_gil() -> None:
+    """With a switch interval of 60 s, a worker that needed the GIL could not get it while this
+    thread spins in Python: the job completing anyway shows the workers run without it."""
+    done: list[Any] = []
+    port = Port(done.append)
+    with aiopmem.sync.reserve(4 * P) as rsv:
+        before = executor_stats()["ran"]
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(60)
+        try:
+            job = _map_job(rsv, port, P)
+            _wait_ran(before + 1)
+        finally:
+            sys.setswitchinterval(interval)
+        assert not job.delivered and not rsv.mappings()  # committed by the drain only
+        port.drain()
+        assert done == [job] and job.delivered
+        m = job.outcome()
+        assert isinstance(m, CoreMapping) and rsv.mappings() == [m]
+        kernel.assert_matches_kernel(rsv)
+        m.unmap()
+
+
+def test_finished_jobs_wake_the_loop_once_per_batch() -> None:
+    """Ten jobs finishing while their loop does not drain write the port's eventfd once (its
+    counter is 1); one drain then commits and hands over all ten, in order."""
+    done: list[Any] = []
+    port = Port(done.append)
+    with aiopmem.sync.reserve(16 * P) as rsv:
+        before = executor_stats()["ran"]
+        jobs = [_map_job(rsv, port, i * P) for i in range(10)]
+        _wait_ran(before + 10)
+        (count,) = struct.unpack("Q", os.read(port.fd, 8))
+        assert count == 1
+        port.drain()
+        assert done == jobs
+        assert [m.offset for m in rsv.mappings()] == [i * P for i in range(10)]
+        for m in rsv.mappings():
+            m.unmap()
+
+
+def test_a_loop_that_stops_draining_never_holds_the_reservation() -> None:
+    """A port nobody drains (its event loop stopped): the rescue commits its finished job, so
+    the admission and the claim it held are given back and close() goes through."""
+    port = Port(lambda job: None)
+    rsv = aiopmem.sync.reserve(4 * P)
+    rescued = executor_stats()["rescued"]
+    job = _map_job(rsv, port, 0)
+    t0 = time.monotonic()
+    rsv.close()  # waits at the gate for the job's admission, which the rescue gives back
+    assert time.monotonic() - t0 < 5
+    assert executor_stats()["rescued"] == rescued + 1 and rsv.closed
+    assert not job.delivered
+    port.drain()  # late: the drain only hands the job over, it is not committed twice
+    assert job.delivered and job.outcome().closed  # it was mapped, then closed with the rest
+
+
+def test_the_pool_is_bounded_and_idle_workers_retire() -> None:
+    """With max_workers=2, four slow jobs (0.3 s each) run two at a time (slow jobs overlap,
+    never more than the bound); 0.3 s after the work stops, the idle workers beyond the first
+    have exited."""
+
+    async def four_slow_maps() -> float:
+        async with aiopmem.reserve(8 * P) as rsv:
+            t0 = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(rsv.map_anonymous, i * P, P)
+            return time.monotonic() - t0
+
+    with configured(max_workers=2, idle_exit=0.1), inject("mmap", delay=0.3, times=4):
+        retired = executor_stats()["retired"]
+        elapsed = anyio.run(four_slow_maps)
+        assert 0.6 <= elapsed < 1.15  # two waves of two: bounded, and overlapping
+        assert executor_stats()["threads"] <= 2
+        deadline = time.monotonic() + 3
+        while executor_stats()["threads"] > 1:
+            assert time.monotonic() < deadline, executor_stats()
+            time.sleep(0.02)
+        assert executor_stats()["retired"] > retired
+
+
+def test_configure_refuses_bad_settings() -> None:
+    for bad in (
+        (0, None, None),
+        (2000, None, None),
+        (None, 0.0, None),
+        (None, -1.0, None),
+        (None, None, -1.0),
+        (None, None, 1.0),
+    ):
+        with pytest.raises(ValueError):
+            executor_configure(*bad)
+
+
+def test_a_job_does_not_begin_where_the_gate_would_wait() -> None:
+    """While an extend holds the gate, a job's begin answers C_WOULD_BLOCK (the async caller
+    then waits in a worker thread) and leaves nothing behind."""
+    port = Port(lambda job: None)
+    with aiopmem.sync.reserve(4 * P) as rsv, inject("mmap", delay=0.3, times=1):
+        import threading
+
+        def extend_past_the_headroom() -> None:  # a mmap (slowed) with the gate held
+            with contextlib.suppress(aiopmem.PmemError):
+                rsv.extend(rsv.max_size - rsv.size + P)
+
+        extender = threading.Thread(target=extend_past_the_headroom)
+        extender.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not rsv._gate_state()[1]:  # wait until the extend holds the gate
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            assert _map_job(rsv, port, 0) == C_WOULD_BLOCK
+        finally:
+            extender.join()
+        assert rsv.mappings() == [] and rsv._gate_state()[:4] == (0, False, 0, 0)
+
+
+def test_injected_errors_reach_the_job_path() -> None:
+    async def main() -> None:
+        async with aiopmem.reserve(4 * P) as rsv:
+            with inject("mmap", errno=errno.ENOMEM, times=1), pytest.raises(OSError) as info:
+                await rsv.map_anonymous(0, P)
+            assert info.value.errno == errno.ENOMEM and rsv.mappings() == []
+            kernel.assert_matches_kernel(rsv.sync)
+
+    anyio.run(main)
+    anyio.run(main, backend="trio")
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_has_a_working_executor() -> None:
+    async def round_trip() -> None:
+        async with aiopmem.reserve(4 * P) as rsv:
+            m = await rsv.map_anonymous(0, P)
+            m.view()[:2] = b"ok"
+            await m.persist()
+            await m.unmap()
+
+    anyio.run(round_trip)  # the parent's executor has threads now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            anyio.run(round_trip)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hangs")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0
