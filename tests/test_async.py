@@ -519,6 +519,14 @@ def _public(cls: type) -> dict[str, Any]:
     return {name: getattr(cls, name) for name in dir(cls) if not name.startswith("_")}
 
 
+def _call_shape(fn: Any) -> list[tuple[str, Any, Any]]:
+    return [
+        (p.name, p.kind, p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.name != "self"
+    ]
+
+
 @pytest.mark.parametrize(
     ("sync_cls", "async_cls"),
     [
@@ -535,7 +543,8 @@ def test_async_classes_mirror_sync_ones(sync_cls: type, async_cls: type) -> None
         if isinstance(member, property):
             assert isinstance(other, property), name
             continue
-        assert inspect.signature(member).parameters == inspect.signature(other).parameters, name
+        # Names, kinds and defaults (a method of the compiled base has no annotations).
+        assert _call_shape(member) == _call_shape(other), name
         blocking = name in {
             "map_file", "map_anonymous", "extend", "shrink", "close", "unmap", "persist"
         }  # fmt: skip

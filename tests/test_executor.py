@@ -9,9 +9,11 @@ import contextlib
 import errno
 import os
 import struct
+import subprocess
 import sys
+import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +39,13 @@ def _map_job(rsv: aiopmem.sync.Reservation, port: Port, offset: int) -> Any:
         port, None, CoreMapping, offset, P, 3, _ANON_SHARED, -1, 0, 0, RW, Sharing.SHARED, None,
         False,
     )  # fmt: skip
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, executor_stats()
+        time.sleep(0.005)
 
 
 def _wait_ran(n: int, timeout: float = 5.0) -> None:
@@ -113,6 +122,84 @@ def test_a_loop_that_stops_draining_never_holds_the_reservation() -> None:
     assert job.delivered and job.outcome().closed  # it was mapped, then closed with the rest
 
 
+def test_jobs_listed_behind_a_rescued_one_are_rescued_too() -> None:
+    """The port is never drained: a job finishing after an earlier one was rescued (the port's
+    eventfd is still written) is rescued as well."""
+    port = Port(lambda job: None)
+    rsv = aiopmem.sync.reserve(4 * P)
+    rescued = executor_stats()["rescued"]
+    _map_job(rsv, port, 0)
+    _wait_for(lambda: executor_stats()["rescued"] == rescued + 1)
+    _map_job(rsv, port, P)
+    _wait_for(lambda: executor_stats()["rescued"] == rescued + 2)
+    rsv.close()
+    port.drain()
+
+
+def test_the_rescue_comes_while_another_job_is_stuck() -> None:
+    """A 1.5 s msync occupies a worker: a job of an undrained port is rescued all the same,
+    within a fraction of that time (the spare or an idle worker does it)."""
+    port = Port(lambda job: None)
+    with aiopmem.sync.reserve(4 * P) as rsv:
+        m = rsv.map_anonymous(0, P)
+        rescued = executor_stats()["rescued"]
+        with inject("msync", delay=1.5, times=1):
+            slow = rsv._persist_job(port, None, m, m.address, m.address + P)
+            time.sleep(0.05)  # the msync is under way
+            t0 = time.monotonic()
+            _map_job(rsv, port, 2 * P)
+            _wait_for(lambda: executor_stats()["rescued"] == rescued + 1)
+            assert time.monotonic() - t0 < 1.0
+            _wait_for(lambda: executor_stats()["rescued"] == rescued + 2)  # the msync's, later
+        port.drain()
+        assert not isinstance(slow, int) and slow.outcome() == 0
+        for mapping in rsv.mappings():
+            mapping.unmap()
+
+
+def test_a_map_that_waited_at_the_gate_finds_room_in_the_index() -> None:
+    """Two sync maps wait at the gate behind an extend while every bucket of the index is full:
+    the room each made before waiting may have gone to the other, so it is made again once
+    admitted (it crashed the process before). In a subprocess: a failure is a crash."""
+    code = textwrap.dedent(
+        """
+        import threading, time
+        import aiopmem.sync
+        from aiopmem.testing import inject
+        P = 4096
+        rsv = aiopmem.sync.reserve(1 << 23, max_size=1 << 23)
+        keep = []
+        def mp(page):
+            keep.append(rsv.map_anonymous(page * P, P))
+        for i in range(256): mp(4 * i)            # one full bucket
+        mp(4 * 256)                                # split: 128 | 129
+        for i in range(127): mp(4 * i + 1)         # bucket 0: 255
+        mp(2)                                      # bucket 0: 256
+        for i in range(128, 255): mp(4 * i + 1)    # bucket 1: 256
+        go = threading.Barrier(3)
+        def later(page):
+            go.wait(); time.sleep(0.2)
+            keep.append(rsv.map_anonymous(page * P, P))
+        ts = [threading.Thread(target=later, args=(p,)) for p in (3, 4 * 200 + 3)]
+        for t in ts: t.start()
+        with inject("mmap", delay=0.6, times=1):
+            def ext():  # holds the gate through a slowed mmap (whether or not it succeeds)
+                go.wait()
+                try: rsv.extend(1 << 21)
+                except aiopmem.sync.PmemError: pass
+            e = threading.Thread(target=ext); e.start(); e.join()
+        for t in ts: t.join()
+        assert len(rsv.mappings()) == len(keep) == 514, len(keep)
+        for m in keep: m.unmap()
+        rsv.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 def test_the_pool_is_bounded_and_idle_workers_retire() -> None:
     """With max_workers=2, four slow jobs (0.3 s each) run two at a time (slow jobs overlap,
     never more than the bound); 0.3 s after the work stops, the idle workers beyond the first
@@ -140,6 +227,7 @@ def test_the_pool_is_bounded_and_idle_workers_retire() -> None:
 
 def test_configure_refuses_bad_settings() -> None:
     for bad in (
+        (None, float("inf"), None),
         (0, None, None),
         (2000, None, None),
         (None, 0.0, None),
@@ -188,6 +276,42 @@ def test_injected_errors_reach_the_job_path() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_fork_while_a_job_runs_loses_it_in_neither_process() -> None:
+    """fork() while a job's mmap is slowed: the child runs the job again (it has none of the
+    workers) and the rescue commits it there, as in the parent: both close the reservation."""
+    port = Port(lambda job: None)
+    rsv = aiopmem.sync.reserve(4 * P)
+    with inject("mmap", delay=0.4, times=1):
+        _map_job(rsv, port, 0)
+        time.sleep(0.1)  # the worker is in the mmap
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            rsv.close()
+            code = 0 if rsv.closed else 2
+        finally:
+            os._exit(code)
+    rsv.close()
+    assert rsv.closed
+    _wait_child(pid)
+
+
+def _wait_child(pid: int) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hangs")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_has_a_working_executor() -> None:
     async def round_trip() -> None:
         async with aiopmem.reserve(4 * P) as rsv:
@@ -205,14 +329,4 @@ def test_a_forked_child_has_a_working_executor() -> None:
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            raise AssertionError("the forked child hangs")
-        time.sleep(0.02)
-    assert os.waitstatus_to_exitcode(status) == 0
+    _wait_child(pid)

@@ -456,21 +456,11 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
 
     # -- extent --------------------------------------------------------------------------------
 
-    def extend(self, size: int) -> None:
-        """Grow the reservation at its end by ``size`` bytes; mappings and address stay put.
+    # extend() and shrink() are the C base's: plain aligned ints on an open reservation go
+    # straight to the transition (no Python frame on that path); every other call comes here.
 
-        Up to ``max_size`` this cannot fail for lack of room. Past it, the space right after the
-        reservation is taken if free, and ``max_size`` becomes the new size.
-
-        Raises:
-            TypeError: size is not an integer.
-            ClosedError: the reservation is closed.
-            LengthUnalignedError: size is not a multiple of ALIGNMENT.
-            LengthOutOfRangeError: size is negative, or the result would pass the end of the
-                address space.
-            MappingExistsError: the range after the end (past ``max_size``) is occupied.
-            OSError: the kernel refused (ENOMEM, EAGAIN); nothing is changed.
-        """
+    def _extend_checked(self, size: int) -> None:
+        """extend() for anything but a plain aligned int on an open reservation."""
         n = as_int(size, "size")
         if self.closed:
             raise ClosedError("the reservation is closed")
@@ -485,40 +475,25 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         else:
             code = self._extend(n)
         if code:
-            if code == _C_CLOSED:
-                raise ClosedError("the reservation is closed")
-            if code == _ffi.C_PAST_ASPACE:
-                raise LengthOutOfRangeError(
-                    f"extending by {n} bytes would pass the end of the address space"
-                )
-            if code == _ffi.C_EXTEND_EXISTS:
-                raise MappingExistsError(
-                    f"cannot extend to {self.size + n} bytes: the address space after the "
-                    "reservation's headroom is in use"
-                )
-            raise os_error(code)
+            self._extend_failed(n, code)
 
-    def shrink(self, offset: int, size: int) -> None:
-        """Remove ``[offset, offset+size)``, which must touch the beginning or the end of the
-        reservation and hold no mapping.
+    def _extend_failed(self, n: int, code: int) -> None:
+        """Raise what the code of a refused extend by ``n`` stands for."""
+        if code == _C_CLOSED:
+            raise ClosedError("the reservation is closed")
+        if code == _ffi.C_PAST_ASPACE:
+            raise LengthOutOfRangeError(
+                f"extending by {n} bytes would pass the end of the address space"
+            )
+        if code == _ffi.C_EXTEND_EXISTS:
+            raise MappingExistsError(
+                f"cannot extend to {self.size + n} bytes: the address space after the "
+                "reservation's headroom is in use"
+            )
+        raise os_error(code)
 
-        A removed head is returned to the system: ``address`` moves up by ``size``, ``max_size``
-        drops by ``size``, and every mapping's ``offset`` drops by ``size`` (mappings never
-        move). A removed tail stays reserved as headroom: ``max_size`` is unchanged and
-        ``extend()`` can grow back into it.
-
-        Raises (checked in this order, libpmem2's):
-            TypeError: an argument is not an integer.
-            ClosedError: the reservation is closed.
-            OffsetUnalignedError: offset unaligned.
-            LengthUnalignedError: size unaligned.
-            OffsetOutOfRangeError: ``offset < 0`` or ``offset >= self.size``.
-            LengthOutOfRangeError: ``size <= 0``.
-            LengthOutOfRangeError: ``offset + size > self.size``.
-            NotSupportedError: the region is in the middle, or is the whole reservation.
-            ReservationNotEmptyError: the region holds (part of) a mapping.
-            OSError: the kernel refused to release the head; nothing is changed.
-        """
+    def _shrink_checked(self, offset: int, size: int) -> None:
+        """shrink() for anything but plain aligned ints on an open reservation."""
         off = as_int(offset, "offset")
         n = as_int(size, "size")
         if self.closed:
@@ -529,28 +504,28 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             raise LengthUnalignedError(f"size {n} is not a multiple of {ALIGNMENT}")
         code = self._shrink(_int64(off), _int64(n))
         if code:
-            cur = self.size
-            if code == _C_CLOSED:
-                raise ClosedError("the reservation is closed")
-            if code == _ffi.C_OFF_RANGE:
-                raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {cur})")
-            if code == _ffi.C_LEN_NONPOS:
-                raise LengthOutOfRangeError(f"size {n} is not positive")
-            if code == _ffi.C_LEN_PAST:
-                raise LengthOutOfRangeError(
-                    f"[{off}, {off + n}) reaches past the end of the reservation ({cur} bytes)"
-                )
-            if code == _ffi.C_MID:
-                raise NotSupportedError(
-                    "only the beginning or the end of a reservation can be shrunk"
-                )
-            if code == _ffi.C_WHOLE:
-                raise NotSupportedError(
-                    "shrinking the whole reservation is not supported; close it"
-                )
-            if code == _ffi.C_NOT_EMPTY:
-                raise ReservationNotEmptyError(f"[{off:#x}, {off + n:#x}) holds a mapping")
-            raise os_error(code)
+            self._shrink_failed(off, n, code)
+
+    def _shrink_failed(self, off: int, n: int, code: int) -> None:
+        """Raise what the code of a refused shrink of ``[off, off + n)`` stands for."""
+        cur = self.size
+        if code == _C_CLOSED:
+            raise ClosedError("the reservation is closed")
+        if code == _ffi.C_OFF_RANGE:
+            raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {cur})")
+        if code == _ffi.C_LEN_NONPOS:
+            raise LengthOutOfRangeError(f"size {n} is not positive")
+        if code == _ffi.C_LEN_PAST:
+            raise LengthOutOfRangeError(
+                f"[{off}, {off + n}) reaches past the end of the reservation ({cur} bytes)"
+            )
+        if code == _ffi.C_MID:
+            raise NotSupportedError("only the beginning or the end of a reservation can be shrunk")
+        if code == _ffi.C_WHOLE:
+            raise NotSupportedError("shrinking the whole reservation is not supported; close it")
+        if code == _ffi.C_NOT_EMPTY:
+            raise ReservationNotEmptyError(f"[{off:#x}, {off + n:#x}) holds a mapping")
+        raise os_error(code)
 
     # -- close ---------------------------------------------------------------------------------
 

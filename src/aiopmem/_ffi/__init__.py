@@ -49,6 +49,7 @@ from ._core import (
     ReservationBase,
     Ticket,
     deliver_all,
+    executor_after_fork,
     executor_configure,
     executor_stats,
     new_view,
@@ -113,6 +114,7 @@ __all__ = [
     "ReservationBase",
     "Ticket",
     "deliver_all",
+    "executor_after_fork",
     "executor_configure",
     "executor_stats",
     "fdcheck",
@@ -262,3 +264,8 @@ def open_path(path: str | bytes, flags: int) -> OwnedFd:
     while _ACTIVE and _intercept("open"):
         pass
     return _open_path(path, flags)
+
+
+# A forked child has none of the executor's workers: one is started for the jobs the fork
+# interrupted (they run again there; see _exec.h).
+os.register_at_fork(after_in_child=executor_after_fork)

@@ -1320,8 +1320,16 @@ map_begin(Core *c, MapObj *m, long long offset, MapJob *j, int blocking, long *c
             return 0;
         }
     }
-    else if (enter_shared(c) < 0)
-        return -1;
+    else {
+        if (enter_shared(c) < 0)
+            return -1;
+        /* The wait released the GIL: other maps may have used the room map_prepare made (an
+           insert must never allocate). Cannot fail when nothing was inserted meanwhile. */
+        if (index_reserve(c) < 0) {
+            leave_shared(c);
+            return -1;
+        }
+    }
     uint64_t span = j->span;
     if (c->closed)
         *code = C_CLOSED;
@@ -1752,7 +1760,6 @@ op_deliver(ExecJob *job)
 {
     OpObj *o = OP_OF(job);
     PortObj *p = o->port;
-    int first = 0;
     pthread_mutex_lock(&p->mu);
     o->next_done = NULL;
     o->finished_at = exec_now();
@@ -1764,13 +1771,11 @@ op_deliver(ExecJob *job)
     if (!p->signaled) {
         uint64_t one = 1;
         p->signaled = 1;
-        first = 1;
         while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR)
             ;
     }
     pthread_mutex_unlock(&p->mu);
-    if (first)
-        exec_want_rescue(RESCUE_AFTER);
+    exec_want_rescue(RESCUE_AFTER); /* every job: one listed behind another needs it too */
 }
 
 /* The executor's reference (taken here) is given back by the drain. Without any worker (none
@@ -2230,6 +2235,62 @@ rescue_ports(void)
     return next;
 }
 
+/* fork(): every mutex a worker may hold is taken by the forking thread across the fork, in the
+   lock order (ports_mu, each port's, the executor's, dev_mu, inj_mu), so the child's copies
+   are consistent and none is held by a thread that does not exist there. */
+static void
+core_fork_prepare(void)
+{
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_lock(&p->mu);
+    exec_fork_prepare();
+    pthread_mutex_lock(&dev_mu);
+    pthread_mutex_lock(&inj_mu);
+}
+
+static void
+core_fork_parent(void)
+{
+    pthread_mutex_unlock(&inj_mu);
+    pthread_mutex_unlock(&dev_mu);
+    exec_fork_parent();
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&ports_mu);
+}
+
+static void
+core_fork_child(void)
+{
+    pthread_mutex_init(&inj_mu, NULL);
+    pthread_mutex_init(&dev_mu, NULL);
+    exec_fork_child();
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&ports_mu, NULL);
+}
+
+/* executor_after_fork(): called in a forked child (os.register_at_fork). */
+static PyObject *
+executor_after_fork(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    int pending = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p && !pending; p = p->next_port)
+        for (OpObj *o = p->head; o && !pending; o = o->next_done)
+            pending = !o->committed;
+    pthread_mutex_unlock(&ports_mu);
+    int e = exec_after_fork(pending);
+    if (e) {
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
 /* executor_stats() -> dict of the executor's counters. */
 static PyObject *
 executor_stats(PyObject *module, PyObject *unused)
@@ -2263,10 +2324,11 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (args[2] != Py_None && ((spin = PyFloat_AsDouble(args[2])) == -1 && PyErr_Occurred()))
         return NULL;
-    if ((args[0] != Py_None && (n < 1 || n > 1024)) || (args[1] != Py_None && !(t > 0)) ||
+    if ((args[0] != Py_None && (n < 1 || n > 1024)) ||
+        (args[1] != Py_None && !(t > 0 && t <= 86400)) ||
         (args[2] != Py_None && !(spin >= 0 && spin <= 0.01))) {
         PyErr_SetString(PyExc_ValueError,
-                        "max_workers: 1..1024, idle_exit: > 0, spin: 0..0.01 seconds");
+                        "max_workers: 1..1024, idle_exit: (0, 86400], spin: 0..0.01 seconds");
         return NULL;
     }
     pthread_mutex_lock(&ex.mu);
@@ -2283,17 +2345,45 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* -- extend / shrink ----------------------------------------------------------------------- */
 
-static PyObject *
-core_extend(Core *c, PyObject *arg)
+/* Admission of an extend or shrink that must not wait (the async API on the event loop):
+   1 admitted (exclusive), 0 *code set: C_CLOSED, or C_WOULD_BLOCK when anyone holds or waits
+   for the gate, or holes wait for repair (syscalls). Never sleeps, never releases the GIL. */
+static int
+admit_exclusive_nowait(Core *c, long *code)
 {
-    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
-    if (n == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    int a = admit_exclusive(c);
-    if (a <= 0)
-        return a < 0 ? NULL : PyLong_FromLong(C_CLOSED);
-    repair_holes(c);
+    if (c->closed) {
+        *code = C_CLOSED;
+        return 0;
+    }
+    if (c->exclusive || c->shared || c->waiting || c->queued || c->nholes) {
+        *code = C_WOULD_BLOCK;
+        return 0;
+    }
+    c->exclusive = 1;
+    return 1;
+}
+
+/* Extend by n (GIL held): the code (0: done). With `nowait`, C_WOULD_BLOCK instead of waiting
+   at the gate or making a syscall (past the headroom); -1 (not a code here) with an exception
+   set. */
+static long
+extend_by(Core *c, uint64_t n, int nowait)
+{
     long code = 0;
+    if (nowait) {
+        if (!admit_exclusive_nowait(c, &code))
+            return code;
+        if ((u128)c->size + n > c->max_size) {
+            c->exclusive = 0; /* nothing happened: no completion to count */
+            return C_WOULD_BLOCK;
+        }
+    }
+    else {
+        int a = admit_exclusive(c);
+        if (a <= 0)
+            return a < 0 ? -1 : C_CLOSED;
+        repair_holes(c);
+    }
     u128 new_size = (u128)c->size + n;
     if ((u128)c->address + new_size > ((u128)1 << 64))
         code = C_PAST_ASPACE;
@@ -2315,23 +2405,50 @@ core_extend(Core *c, PyObject *arg)
         c->size = (uint64_t)new_size;
     c->version++;
     leave_exclusive(c);
-    return PyLong_FromLong(code);
+    return code;
 }
 
-/* _shrink(offset, size): offset and size come aligned and within int64 (Python checks). */
 static PyObject *
-core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
+code_or_error(long code)
 {
-    if (nargs != 2)
-        return PyErr_Format(PyExc_TypeError, "_shrink(offset, size)");
-    long long off = PyLong_AsLongLong(args[0]);
-    long long n = PyLong_AsLongLong(args[1]);
-    if (PyErr_Occurred())
+    return code == -1 && PyErr_Occurred() ? NULL : PyLong_FromLong(code);
+}
+
+static PyObject *
+core_extend(Core *c, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
         return NULL;
-    int a = admit_exclusive(c);
-    if (a <= 0)
-        return a < 0 ? NULL : PyLong_FromLong(C_CLOSED);
+    return code_or_error(extend_by(c, n, 0));
+}
+
+/* _extend_nowait(n): n an int, positive, aligned, below 2**64 (the caller checks). */
+static PyObject *
+core_extend_nowait(Core *c, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return code_or_error(extend_by(c, n, 1));
+}
+
+/* Shrink [off, off+n) (GIL held): the code (0: done), or -1 with an exception set. With
+   `nowait`: C_WOULD_BLOCK instead of waiting at the gate or making a syscall (a front shrink
+   returns its pages to the system with munmap). */
+static long
+shrink_by(Core *c, long long off, long long n, int nowait)
+{
     long code = 0;
+    if (nowait) {
+        if (!admit_exclusive_nowait(c, &code))
+            return code;
+    }
+    else {
+        int a = admit_exclusive(c);
+        if (a <= 0)
+            return a < 0 ? -1 : C_CLOSED;
+    }
     uint64_t cur = c->size;
     if (off < 0 || (uint64_t)off >= cur)
         code = C_OFF_RANGE;
@@ -2343,8 +2460,13 @@ core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
         code = C_MID;
     else if (off == 0 && (uint64_t)n == cur)
         code = C_WHOLE;
+    else if (nowait && off == 0) {
+        c->exclusive = 0; /* nothing happened: no completion to count */
+        return C_WOULD_BLOCK;
+    }
     if (!code) {
-        repair_holes(c);
+        if (!nowait)
+            repair_holes(c);
         uint64_t lo = c->address + (uint64_t)off;
         if (overlaps(c, lo, lo + (uint64_t)n))
             code = C_NOT_EMPTY;
@@ -2366,7 +2488,143 @@ core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
         c->version++;
     }
     leave_exclusive(c);
-    return PyLong_FromLong(code);
+    return code;
+}
+
+/* _shrink(offset, size) / _shrink_nowait(offset, size): offset and size come aligned and
+   within int64 (Python checks). */
+static PyObject *
+shrink_method(Core *c, PyObject *const *args, Py_ssize_t nargs, int nowait)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_shrink(offset, size)");
+    long long off = PyLong_AsLongLong(args[0]);
+    long long n = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    return code_or_error(shrink_by(c, off, n, nowait));
+}
+
+static PyObject *
+core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    return shrink_method(c, args, nargs, 0);
+}
+
+static PyObject *
+core_shrink_nowait(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    return shrink_method(c, args, nargs, 1);
+}
+
+#define EXTEND_DOC \
+    "extend($self, /, size)\n" \
+    "--\n" \
+    "\n" \
+    "Grow the reservation at its end by ``size`` bytes; mappings and address stay put.\n" \
+    "\n" \
+    "Up to ``max_size`` this cannot fail for lack of room. Past it, the space right after the\n" \
+    "reservation is taken if free, and ``max_size`` becomes the new size.\n" \
+    "\n" \
+    "Raises:\n" \
+    "    TypeError: size is not an integer.\n" \
+    "    ClosedError: the reservation is closed.\n" \
+    "    LengthUnalignedError: size is not a multiple of ALIGNMENT.\n" \
+    "    LengthOutOfRangeError: size is negative, or the result would pass the end of the\n" \
+    "        address space.\n" \
+    "    MappingExistsError: the range after the end (past ``max_size``) is occupied.\n" \
+    "    OSError: the kernel refused (ENOMEM, EAGAIN); nothing is changed.\n"
+
+#define SHRINK_DOC \
+    "shrink($self, /, offset, size)\n" \
+    "--\n" \
+    "\n" \
+    "Remove ``[offset, offset+size)``, which must touch the beginning or the end of the\n" \
+    "reservation and hold no mapping.\n" \
+    "\n" \
+    "A removed head is returned to the system: ``address`` moves up by ``size``, ``max_size``\n" \
+    "drops by ``size``, and every mapping's ``offset`` drops by ``size`` (mappings never\n" \
+    "move). A removed tail stays reserved as headroom: ``max_size`` is unchanged and\n" \
+    "``extend()`` can grow back into it.\n" \
+    "\n" \
+    "Raises (checked in this order, libpmem2's):\n" \
+    "    TypeError: an argument is not an integer.\n" \
+    "    ClosedError: the reservation is closed.\n" \
+    "    OffsetUnalignedError: offset unaligned.\n" \
+    "    LengthUnalignedError: size unaligned.\n" \
+    "    OffsetOutOfRangeError: ``offset < 0`` or ``offset >= self.size``.\n" \
+    "    LengthOutOfRangeError: ``size <= 0``.\n" \
+    "    LengthOutOfRangeError: ``offset + size > self.size``.\n" \
+    "    NotSupportedError: the region is in the middle, or is the whole reservation.\n" \
+    "    ReservationNotEmptyError: the region holds (part of) a mapping.\n" \
+    "    OSError: the kernel refused to release the head; nothing is changed.\n"
+
+/* The public extend(size) and shrink(offset, size) of aiopmem.sync: plain aligned ints on an
+   open reservation go straight to the transition; any other call (another type, a keyword,
+   an error to report) goes to the Python methods, which check, call and raise as documented
+   (_extend_checked/_shrink_checked; _extend_failed/_shrink_failed for a refused transition:
+   it is never attempted twice). */
+static PyObject *str_extend_checked, *str_extend_failed, *str_shrink_checked, *str_shrink_failed;
+
+static PyObject *
+delegate(Core *c, PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PyObject *meth = PyObject_GetAttr((PyObject *)c, name);
+    if (meth == NULL)
+        return NULL;
+    PyObject *r = PyObject_Vectorcall(meth, args, nargsf, kwnames);
+    Py_DECREF(meth);
+    return r;
+}
+
+static PyObject *
+refused(Core *c, PyObject *name, long code, PyObject *const *args, Py_ssize_t n)
+{
+    if (code == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *k = PyLong_FromLong(code);
+    if (k == NULL)
+        return NULL;
+    PyObject *argv[4] = {(PyObject *)c, args[0], n > 1 ? args[1] : k, k};
+    PyObject *r = PyObject_VectorcallMethod(name, argv, (size_t)(n + 2), NULL);
+    Py_DECREF(k);
+    return r;
+}
+
+static PyObject *
+core_extend_public(Core *c, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && kwnames == NULL && PyLong_CheckExact(args[0]) && !c->closed) {
+        int overflow;
+        long long n = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+        if (!overflow && n > 0 && !(n & (long long)page_mask)) {
+            long code = extend_by(c, (uint64_t)n, 0);
+            if (code == 0)
+                Py_RETURN_NONE;
+            return refused(c, str_extend_failed, code, args, 1);
+        }
+    }
+    return delegate(c, str_extend_checked, args, nargsf, kwnames);
+}
+
+static PyObject *
+core_shrink_public(Core *c, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 2 && kwnames == NULL && PyLong_CheckExact(args[0]) &&
+        PyLong_CheckExact(args[1]) && !c->closed) {
+        int o1, o2;
+        long long off = PyLong_AsLongLongAndOverflow(args[0], &o1);
+        long long n = PyLong_AsLongLongAndOverflow(args[1], &o2);
+        if (!o1 && !o2 && !(off & (long long)page_mask) && !(n & (long long)page_mask)) {
+            long code = shrink_by(c, off, n, 0);
+            if (code == 0)
+                Py_RETURN_NONE;
+            return refused(c, str_shrink_failed, code, args, 2);
+        }
+    }
+    return delegate(c, str_shrink_checked, args, nargsf, kwnames);
 }
 
 /* -- close --------------------------------------------------------------------------------- */
@@ -2779,6 +3037,12 @@ static PyMethodDef core_methods[] = {
     {"_persist", (PyCFunction)(void (*)(void))core_persist, METH_FASTCALL, NULL},
     {"_extend", (PyCFunction)core_extend, METH_O, NULL},
     {"_shrink", (PyCFunction)(void (*)(void))core_shrink, METH_FASTCALL, NULL},
+    {"_extend_nowait", (PyCFunction)core_extend_nowait, METH_O, NULL},
+    {"_shrink_nowait", (PyCFunction)(void (*)(void))core_shrink_nowait, METH_FASTCALL, NULL},
+    {"extend", (PyCFunction)(void (*)(void))core_extend_public, METH_FASTCALL | METH_KEYWORDS,
+     EXTEND_DOC},
+    {"shrink", (PyCFunction)(void (*)(void))core_shrink_public, METH_FASTCALL | METH_KEYWORDS,
+     SHRINK_DOC},
     {"_close", (PyCFunction)core_close, METH_NOARGS, NULL},
     {"_mview", (PyCFunction)(void (*)(void))core_mview, METH_FASTCALL, NULL},
     {"_rview", (PyCFunction)(void (*)(void))core_rview, METH_FASTCALL, NULL},
@@ -3508,6 +3772,8 @@ static PyMethodDef module_methods[] = {
      "wake_or_start(pool): one more worker looks at the queue (pool lock held)"},
     {"deliver_all", (PyCFunction)deliver_all, METH_O,
      "deliver_all(port): hand every finished job of the port to its task (on its event loop)"},
+    {"executor_after_fork", (PyCFunction)executor_after_fork, METH_NOARGS,
+     "executor_after_fork(): in a forked child, a worker for the jobs the fork interrupted"},
     {"executor_stats", (PyCFunction)executor_stats, METH_NOARGS,
      "executor_stats() -> the executor's counters (threads, idle, running, ...)"},
     {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,
@@ -3532,12 +3798,19 @@ PyInit__core(void)
         PyType_Ready(&TicketType) < 0 || PyType_Ready(&OwnedFdType) < 0 ||
         PyType_Ready(&OpType) < 0 || PyType_Ready(&PortType) < 0)
         return NULL;
+    str_extend_checked = PyUnicode_InternFromString("_extend_checked");
+    str_extend_failed = PyUnicode_InternFromString("_extend_failed");
+    str_shrink_checked = PyUnicode_InternFromString("_shrink_checked");
+    str_shrink_failed = PyUnicode_InternFromString("_shrink_failed");
+    if (!str_extend_checked || !str_extend_failed || !str_shrink_checked || !str_shrink_failed)
+        return NULL;
     str_done = PyUnicode_InternFromString("done");
     str_set_result = PyUnicode_InternFromString("set_result");
     if (str_done == NULL || str_set_result == NULL)
         return NULL;
     exec_init();
     ex.rescue = rescue_ports;
+    pthread_atfork(core_fork_prepare, core_fork_parent, core_fork_child);
     PyObject *mod = PyModule_Create(&core_module);
     if (mod == NULL)
         return NULL;

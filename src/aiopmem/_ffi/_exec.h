@@ -35,7 +35,7 @@ typedef struct ExecJob ExecJob;
 struct ExecJob {
     void (*run)(ExecJob *);
     void (*deliver)(ExecJob *);
-    ExecJob *next;
+    ExecJob *next; /* in the queue, then in the list of running jobs */
     double queued_at;
 };
 
@@ -44,10 +44,19 @@ struct ExecJob {
    resumes and submits its next job within it needs no wake-up of a sleeping worker. */
 #define EXEC_SPIN 0.0
 
+#if defined(__x86_64__) || defined(__i386__)
+#define EXEC_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define EXEC_RELAX() __asm__ __volatile__("yield")
+#else
+#define EXEC_RELAX() ((void)0)
+#endif
+
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t idle_cv, spare_cv;
     ExecJob *head, *tail;
+    ExecJob *running_jobs; /* for fork(): run again in the child (every job is idempotent) */
     long queued;
     int threads, idle, running, spare, waking;
     int max_workers;
@@ -161,22 +170,62 @@ exec_submit(ExecJob *j)
     return e;
 }
 
-/* Ask for a call of the rescue hook in `delay` seconds (or sooner, if asked for already). */
+/* Ask for a call of the rescue hook in `delay` seconds (or sooner, if asked for already). The
+   first request of a quiet spell wakes an idle worker, so that one waits for that time: a
+   worker's own idle deadline may be far off. */
 static void
 exec_want_rescue(double delay)
 {
     double at = exec_now() + delay;
     pthread_mutex_lock(&ex.mu);
-    if (ex.rescue_at == 0 || at < ex.rescue_at)
+    if (ex.rescue_at == 0 || at < ex.rescue_at) {
+        if (ex.rescue_at == 0 && ex.idle)
+            pthread_cond_signal(&ex.idle_cv);
         ex.rescue_at = at;
+    }
     pthread_mutex_unlock(&ex.mu);
+}
+
+/* Call the rescue hook if it is due (ex.mu held, released meanwhile: the worker is then in
+   transit, so nobody is woken for a submission). 1 if it ran. */
+static int
+exec_rescue_if_due(void)
+{
+    if (!(ex.rescue_at > 0 && ex.rescue != NULL && exec_now() >= ex.rescue_at))
+        return 0;
+    ex.rescue_at = 0;
+    pthread_mutex_unlock(&ex.mu);
+    double again = ex.rescue();
+    pthread_mutex_lock(&ex.mu);
+    if (again > 0) {
+        double at = exec_now() + again;
+        if (ex.rescue_at == 0 || at < ex.rescue_at)
+            ex.rescue_at = at;
+    }
+    return 1;
+}
+
+/* A timed wait on `cv` until `until` (ex.mu held), counted in `*count`. */
+static int
+exec_wait(pthread_cond_t *cv, int *count, double until)
+{
+    struct timespec ts;
+    if (ex.rescue != NULL && ex.rescue_at > 0 && ex.rescue_at < until)
+        until = ex.rescue_at;
+    exec_deadline(&ts, until);
+    (*count)++;
+    int r = pthread_cond_timedwait(cv, &ex.mu, &ts);
+    (*count)--;
+    ex.waking = 0;
+    return r;
 }
 
 /* Wait for a job this worker should run (ex.mu held); NULL: retire. */
 static ExecJob *
 exec_take(void)
 {
-    int arriving = 1; /* just started, or back from a job: first in line for the queue */
+    int arriving = 1;      /* just started, or back from a job: first in line for the queue */
+    double idle_since = 0; /* when this worker found nothing to do */
     for (;;) {
         if (ex.head) {
             double now = exec_now();
@@ -185,49 +234,29 @@ exec_take(void)
             /* Back from waiting, leave the job to a worker in transit: it is about to take it. */
             if (arriving || (stuck && in_transit <= 1))
                 break;
-            struct timespec ts;
-            exec_deadline(&ts, stuck ? now + EXEC_STALL : ex.head->queued_at + EXEC_STALL);
-            ex.spare++;
-            pthread_cond_timedwait(&ex.spare_cv, &ex.mu, &ts);
-            ex.spare--;
-            ex.waking = 0;
+            exec_wait(&ex.spare_cv, &ex.spare,
+                      stuck ? now + EXEC_STALL : ex.head->queued_at + EXEC_STALL);
             arriving = 0;
+            exec_rescue_if_due();
         }
         else if (ex.running && !ex.spare) {
             /* Busy: stay the spare (one timed wake-up per EXEC_STALL while others run, so
                that a submission behind a running job never has to wake anyone). */
-            struct timespec ts;
-            exec_deadline(&ts, exec_now() + EXEC_STALL);
-            ex.spare++;
-            pthread_cond_timedwait(&ex.spare_cv, &ex.mu, &ts);
-            ex.spare--;
-            ex.waking = 0;
+            exec_wait(&ex.spare_cv, &ex.spare, exec_now() + EXEC_STALL);
             arriving = 0;
+            idle_since = 0;
+            exec_rescue_if_due();
         }
         else {
-            struct timespec ts;
-            double until = exec_now() + ex.idle_exit;
-            if (ex.rescue_at > 0 && ex.rescue_at < until)
-                until = ex.rescue_at;
-            exec_deadline(&ts, until);
-            ex.idle++;
-            int r = pthread_cond_timedwait(&ex.idle_cv, &ex.mu, &ts);
-            ex.idle--;
-            ex.waking = 0;
+            double now = exec_now();
+            if (idle_since == 0)
+                idle_since = now;
+            exec_wait(&ex.idle_cv, &ex.idle, idle_since + ex.idle_exit);
             arriving = 0;
-            if (ex.rescue_at > 0 && ex.rescue && exec_now() >= ex.rescue_at) {
-                ex.rescue_at = 0;
-                pthread_mutex_unlock(&ex.mu); /* in transit meanwhile: nobody is woken for us */
-                double again = ex.rescue();
-                pthread_mutex_lock(&ex.mu);
-                if (again > 0) {
-                    double at = exec_now() + again;
-                    if (ex.rescue_at == 0 || at < ex.rescue_at)
-                        ex.rescue_at = at;
-                }
+            if (exec_rescue_if_due())
                 continue;
-            }
-            if (r == ETIMEDOUT && !ex.head && ex.threads > 1 && ex.rescue_at == 0) {
+            if (!ex.head && ex.threads > 1 && ex.rescue_at == 0 &&
+                exec_now() - idle_since >= ex.idle_exit) {
                 ex.threads--;
                 ex.retired++;
                 return NULL;
@@ -240,7 +269,21 @@ exec_take(void)
         ex.tail = NULL;
     ex.queued--;
     ex.running++;
+    j->next = ex.running_jobs;
+    ex.running_jobs = j;
     return j;
+}
+
+static void
+exec_done(ExecJob *j) /* ex.mu held */
+{
+    ExecJob **p = &ex.running_jobs;
+    while (*p != j)
+        p = &(*p)->next;
+    *p = j->next;
+    j->next = NULL;
+    ex.running--;
+    ex.ran++;
 }
 
 static void *
@@ -258,8 +301,7 @@ exec_worker(void *arg)
         pthread_mutex_unlock(&ex.mu);
         j->run(j);
         pthread_mutex_lock(&ex.mu);
-        ex.running--;
-        ex.ran++;
+        exec_done(j);
         pthread_mutex_unlock(&ex.mu);
         /* Only now: the task it resumes may submit its next job at once, and this worker must
            already count as in transit, or another would be woken for it. */
@@ -269,7 +311,7 @@ exec_worker(void *arg)
                resumes now is taken without a wake-up, which costs far more than this wait. */
             double until = exec_now() + ex.spin;
             while (!__atomic_load_n(&ex.head, __ATOMIC_ACQUIRE) && exec_now() < until)
-                __builtin_ia32_pause();
+                EXEC_RELAX();
         }
         pthread_mutex_lock(&ex.mu);
     }
@@ -277,14 +319,56 @@ exec_worker(void *arg)
     return NULL;
 }
 
+/* fork(): the forking thread holds ex.mu across the fork (prepare / parent), so the child's
+   copy of the queue is whole. The child has none of the workers: jobs that were running are
+   queued again, first (each job's syscalls can be made twice: a mmap MAP_FIXED or placeholder
+   overlay of the same range, an msync), and exec_after_fork() starts a worker for them. */
 static void
-exec_after_fork_child(void)
+exec_fork_prepare(void)
+{
+    pthread_mutex_lock(&ex.mu);
+}
+
+static void
+exec_fork_parent(void)
+{
+    pthread_mutex_unlock(&ex.mu);
+}
+
+static void
+exec_fork_child(void)
 {
     exec_init_locks();
-    ex.head = ex.tail = NULL;
-    ex.queued = 0;
+    ExecJob *again = ex.running_jobs, *last = NULL;
+    long n = 0;
+    for (ExecJob *j = again; j; j = j->next) {
+        last = j;
+        n++;
+    }
+    if (last != NULL) {
+        last->next = ex.head;
+        if (ex.head == NULL)
+            ex.tail = last;
+        ex.head = again;
+        ex.queued += n;
+    }
+    ex.running_jobs = NULL;
     ex.threads = ex.idle = ex.running = ex.spare = ex.waking = 0;
-    ex.rescue_at = 0;
+}
+
+/* In the child, once Python runs again: a worker for the jobs queued at the fork, and a look
+   by the rescue for finished ones `pending` says are listed. 0, or the errno of the start. */
+static int
+exec_after_fork(int pending)
+{
+    int e = 0;
+    pthread_mutex_lock(&ex.mu);
+    if (pending && (ex.rescue_at == 0 || ex.rescue_at > exec_now()))
+        ex.rescue_at = exec_now();
+    if ((ex.head || pending) && ex.threads == 0)
+        e = exec_start();
+    pthread_mutex_unlock(&ex.mu);
+    return e;
 }
 
 static void
@@ -294,7 +378,6 @@ exec_init(void)
     ex.max_workers = 64;
     ex.idle_exit = 10.0;
     ex.spin = EXEC_SPIN;
-    pthread_atfork(NULL, NULL, exec_after_fork_child);
 }
 
 #endif
