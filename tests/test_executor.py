@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -102,6 +103,29 @@ def test_finished_jobs_wake_the_loop_once_per_batch() -> None:
         port.drain()
         assert done == jobs
         assert [m.offset for m in rsv.mappings()] == [i * P for i in range(10)]
+        for m in rsv.mappings():
+            m.unmap()
+
+
+def test_a_deferred_wake_up_whose_flush_never_comes_still_runs_the_jobs() -> None:
+    """A port with a ``schedule`` defers the workers' wake-up for the jobs it submits while
+    another of its jobs is in flight, to its flush (once per loop iteration). A loop that never
+    runs the flush (it stopped) still gets every job run."""
+    scheduled: list[Any] = []
+    done: list[Any] = []
+    port = Port(done.append, scheduled.append)
+    with aiopmem.sync.reserve(16 * P) as rsv, configured(max_workers=1):
+        before = executor_stats()["ran"]
+        with inject("mmap", delay=0.3, times=1):
+            jobs = [_map_job(rsv, port, 0)]  # the worker is busy with it
+            time.sleep(0.05)
+            jobs += [_map_job(rsv, port, i * P) for i in range(1, 4)]
+        # Deferred (once for the batch) unless another worker was about to look anyway.
+        assert len(scheduled) <= 1
+        _wait_for(lambda: executor_stats()["ran"] >= before + 4, timeout=2.0)
+        _wait_for(lambda: select.select([port.fd], [], [], 0)[0] != [], timeout=1.0)
+        port.drain()
+        assert sorted(map(id, done)) == sorted(map(id, jobs))  # (workers may finish out of order)
         for m in rsv.mappings():
             m.unmap()
 

@@ -252,7 +252,7 @@ ports: weakref.WeakSet[JobPort] = weakref.WeakSet()
 
 
 def _new_asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
-    port = JobPort(None)
+    port = JobPort(None, loop.call_soon)
     ports.add(port)
     loop.add_reader(port.fileno(), port.drain)
     _asyncio_job_ports[loop] = port
@@ -277,7 +277,7 @@ def _trio_job_port() -> JobPort:
     port = _trio_job_ports.get(token)
     if port is None:
         _protect_from_ki(trio)
-        port = JobPort((trio.lowlevel.reschedule, outcome.Value))
+        port = JobPort((trio.lowlevel.reschedule, outcome.Value), token.run_sync_soon)
         ports.add(port)
         trio.lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
         _trio_job_ports[token] = port

@@ -1719,8 +1719,11 @@ struct PortObj {
     struct PortObj *prev_port, *next_port; /* every port, for the rescue (under ports_mu) */
     long inflight; /* jobs started and not drained yet (GIL) */
     int registered; /* in all_ports */
+    int flush_scheduled; /* schedule(flush) was called and flush() has not run yet */
+    PyObject *schedule;  /* the loop's call_soon (None: wake workers at once) */
     int efd;
     int signaled; /* the eventfd was written since the last drain */
+    int held;     /* jobs are listed, their signal held back until their batch ends */
     pthread_mutex_t mu;
     OpObj *head, *tail;
     PyObject *how;
@@ -1728,6 +1731,7 @@ struct PortObj {
 
 static PyTypeObject OpType;
 static PyTypeObject PortType;
+static PyObject *str_flush;
 static int wake_waiter(PyObject *waiter, PyObject *how, PyObject *job);
 static int check_how(PyObject *how);
 
@@ -1735,7 +1739,7 @@ static int check_how(PyObject *how);
 
 /* A finished job its event loop has not drained after this long is committed by the rescue
    (the loop is gone, or blocked): the reservation never waits for a loop that stopped. */
-#define RESCUE_AFTER 0.05
+#define RESCUE_AFTER EXEC_RESCUE_AFTER
 
 static pthread_mutex_t ports_mu = PTHREAD_MUTEX_INITIALIZER;
 static PortObj *all_ports;
@@ -1752,14 +1756,27 @@ op_run(ExecJob *job)
         persist_syscalls(&o->u.persist);
 }
 
-/* In the worker: append to the port's list, and write the eventfd if the list was empty. The
-   write is made under the port's mutex: until the drain has taken the job, the port cannot go
-   away (the job holds it), and the drain takes the list under the same mutex. */
+/* Write the port's eventfd (its mutex held): the loop will drain. */
 static void
-op_deliver(ExecJob *job)
+port_signal(PortObj *p)
 {
-    OpObj *o = OP_OF(job);
+    uint64_t one = 1;
+    p->signaled = 1;
+    p->held = 0;
+    while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+/* In the worker: append to the port's list, and write the eventfd if the list was empty,
+   unless more jobs are queued (`may_hold`): then the signal is held back until the batch ends
+   (the executor's release hook), so that the jobs submitted together reach the loop in one
+   wake-up. The write is made under the port's mutex: until the drain has taken the job, the
+   port cannot go away (the job holds it), and the drain takes the list under the same mutex. */
+static int
+op_deliver_to(OpObj *o, int may_hold)
+{
     PortObj *p = o->port;
+    int held = 0;
     pthread_mutex_lock(&p->mu);
     o->next_done = NULL;
     o->finished_at = exec_now();
@@ -1769,30 +1786,70 @@ op_deliver(ExecJob *job)
         p->head = o;
     p->tail = o;
     if (!p->signaled) {
-        uint64_t one = 1;
-        p->signaled = 1;
-        while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR)
-            ;
+        if (may_hold && exec_more_queued())
+            held = p->held = 1;
+        else
+            port_signal(p);
     }
     pthread_mutex_unlock(&p->mu);
-    exec_want_rescue(RESCUE_AFTER); /* every job: one listed behind another needs it too */
+    return held ? EXEC_HELD : 0;
+}
+
+/* The executor asks for a rescue after every delivery (one listed behind another too). */
+static int
+op_deliver(ExecJob *job)
+{
+    return op_deliver_to(OP_OF(job), 1);
+}
+
+/* The executor's release hook: send every held signal. */
+static void
+release_held(void)
+{
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        if (p->held && !p->signaled)
+            port_signal(p);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
 }
 
 /* The executor's reference (taken here) is given back by the drain. Without any worker (none
    could be started), the job runs right here, without the GIL: it still completes. */
-static void
+static int
 op_start(OpObj *o)
 {
+    PortObj *p = o->port;
+    int flush;
     o->job.run = op_run;
     o->job.deliver = op_deliver;
     Py_INCREF(o);
-    o->port->inflight++;
-    if (exec_submit(&o->job) != 0) {
+    p->inflight++;
+    /* Deferred wake-up only when other jobs of this loop are in flight: a lone job (one
+       task) gains nothing from waiting for the flush, a batch saves a wake-up per job. */
+    if (exec_submit(&o->job, p->schedule != NULL && p->inflight > 1, &flush) != 0) {
         Py_BEGIN_ALLOW_THREADS
         op_run(&o->job);
         Py_END_ALLOW_THREADS
-        op_deliver(&o->job);
+        (void)op_deliver_to(o, 0);
+        return 0;
     }
+    if (flush && !p->flush_scheduled) {
+        /* The worker is woken once per event-loop iteration, by the port's flush(). */
+        p->flush_scheduled = 1;
+        PyObject *cb = PyObject_GetAttr((PyObject *)p, str_flush);
+        PyObject *r = cb ? PyObject_CallOneArg(p->schedule, cb) : NULL;
+        Py_XDECREF(cb);
+        if (r == NULL) { /* the job is queued all the same: wake now, report the error */
+            p->flush_scheduled = 0;
+            exec_flush();
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return 0;
 }
 
 /* Commit once (GIL held; whoever comes first: the drain or the rescue). No Python code runs
@@ -1856,7 +1913,10 @@ op_begun(OpObj *o, MapObj *m, int r, long code)
     }
     if (o->m == NULL)
         o->m = (MapObj *)Py_NewRef((PyObject *)m);
-    op_start(o);
+    if (op_start(o) < 0) { /* started all the same: it completes and is committed */
+        Py_DECREF(o);
+        return NULL;
+    }
     return (PyObject *)o;
 }
 
@@ -2041,16 +2101,22 @@ static PyTypeObject OpType = {
 static PyObject *
 port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    PyObject *how;
+    PyObject *how, *schedule = Py_None;
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
-        PyErr_SetString(PyExc_TypeError, "Port(how)");
+        PyErr_SetString(PyExc_TypeError, "Port(how, schedule=None)");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O:Port", &how) || check_how(how) < 0)
+    if (!PyArg_ParseTuple(args, "O|O:Port", &how, &schedule) || check_how(how) < 0)
         return NULL;
+    if (schedule != Py_None && !PyCallable_Check(schedule)) {
+        PyErr_SetString(PyExc_TypeError, "Port: schedule must be callable or None");
+        return NULL;
+    }
     PortObj *p = (PortObj *)type->tp_alloc(type, 0);
     if (p == NULL)
         return NULL;
+    if (schedule != Py_None)
+        p->schedule = Py_NewRef(schedule);
     pthread_mutex_init(&p->mu, NULL);
     p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->efd < 0) {
@@ -2089,6 +2155,7 @@ port_dealloc(PortObj *p)
         close(p->efd);
     pthread_mutex_destroy(&p->mu);
     Py_XDECREF(p->how);
+    Py_XDECREF(p->schedule);
     Py_TYPE(p)->tp_free((PyObject *)p);
 }
 
@@ -2104,7 +2171,7 @@ port_drain(PortObj *p, PyObject *unused)
     pthread_mutex_lock(&p->mu);
     OpObj *list = p->head;
     p->head = p->tail = NULL;
-    p->signaled = 0;
+    p->signaled = p->held = 0;
     pthread_mutex_unlock(&p->mu);
     for (OpObj *o = list; o; o = o->next_done)
         op_commit(o);
@@ -2151,7 +2218,19 @@ port_close(PortObj *p, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* flush(): the deferred wake-up of the workers for the jobs submitted since the last one. */
+static PyObject *
+port_flush(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    p->flush_scheduled = 0;
+    exec_flush();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef port_methods[] = {
+    {"flush", (PyCFunction)port_flush, METH_NOARGS,
+     "Wake a worker for the jobs submitted since the last flush (the loop calls it soon)."},
     {"drain", (PyCFunction)port_drain, METH_NOARGS,
      "Commit the finished jobs and wake their tasks (on the port's event loop)."},
     {"fileno", (PyCFunction)port_fileno, METH_NOARGS,
@@ -2173,7 +2252,8 @@ static PyTypeObject PortType = {
     .tp_basicsize = sizeof(PortObj),
     .tp_weaklistoffset = offsetof(PortObj, weakreflist),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Port(how): where one event loop's finished jobs wait for it.",
+    .tp_doc = "Port(how, schedule=None): where one event loop's finished jobs wait for it; "
+              "schedule (the loop's call_soon) defers worker wake-ups to one per iteration.",
     .tp_new = port_new,
     .tp_dealloc = (destructor)port_dealloc,
     .tp_methods = port_methods,
@@ -3804,12 +3884,16 @@ PyInit__core(void)
     str_shrink_failed = PyUnicode_InternFromString("_shrink_failed");
     if (!str_extend_checked || !str_extend_failed || !str_shrink_checked || !str_shrink_failed)
         return NULL;
+    str_flush = PyUnicode_InternFromString("flush");
+    if (str_flush == NULL)
+        return NULL;
     str_done = PyUnicode_InternFromString("done");
     str_set_result = PyUnicode_InternFromString("set_result");
     if (str_done == NULL || str_set_result == NULL)
         return NULL;
     exec_init();
     ex.rescue = rescue_ports;
+    ex.release = release_held;
     pthread_atfork(core_fork_prepare, core_fork_parent, core_fork_child);
     PyObject *mod = PyModule_Create(&core_module);
     if (mod == NULL)

@@ -13,7 +13,7 @@
    (a 0.4 s msync) therefore overlap, each starting at most EXEC_STALL late. Idle workers
    beyond the first exit after `idle_exit` seconds; at most `max_workers` exist.
 
-   Rescue. A job's deliver may ask for a look later (exec_want_rescue): the first idle worker
+   Rescue. A job's deliver may ask for a look later (exec_delivered): the first idle worker
    whose wait reaches that time calls the rescue hook (set by the user of the executor), which
    returns how long until it wants another look (0: none). The jobs' user uses it to commit the
    jobs of an event loop that stopped draining (see "ports" in _core.c).
@@ -34,7 +34,7 @@
 typedef struct ExecJob ExecJob;
 struct ExecJob {
     void (*run)(ExecJob *);
-    void (*deliver)(ExecJob *);
+    int (*deliver)(ExecJob *); /* EXEC_HELD: its signal is held back until the batch ends */
     ExecJob *next; /* in the queue, then in the list of running jobs */
     double queued_at;
 };
@@ -59,11 +59,17 @@ static struct {
     ExecJob *running_jobs; /* for fork(): run again in the child (every job is idempotent) */
     long queued;
     int threads, idle, running, spare, waking;
+    int wake_wanted; /* a deferred submission waits for exec_flush() */
     int max_workers;
     double idle_exit;
     double spin; /* seconds a worker back from a job watches the queue before it sleeps */
     double rescue_at; /* when an idle worker calls the rescue hook (0: not wanted) */
     double (*rescue)(void);
+    /* Batches: a deliver may hold its signal back while more jobs are queued (held_pending);
+       the release hook sends what is held, called by a worker that takes the last queued job
+       or is about to wait. So the jobs submitted together reach their loop together. */
+    int held_pending;
+    void (*release)(void);
     unsigned long long started, retired, ran; /* counters, for tests and benchmarks */
 } ex;
 
@@ -90,9 +96,15 @@ static void
 exec_init_locks(void)
 {
     pthread_condattr_t attr;
+    pthread_mutexattr_t mattr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_mutex_init(&ex.mu, NULL);
+    /* Held for a few instructions at a time by the loop's thread and the workers: spinning a
+       little beats a futex round trip. */
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&ex.mu, &mattr);
+    pthread_mutexattr_destroy(&mattr);
     pthread_cond_init(&ex.idle_cv, &attr);
     pthread_cond_init(&ex.spare_cv, &attr);
     pthread_condattr_destroy(&attr);
@@ -138,26 +150,61 @@ exec_wake_or_start(void)
     return exec_start();
 }
 
+/* Make sure a worker will look at the queue (ex.mu held): if one is about to (woken, or in
+   transit), nothing; if one runs a job, it takes the next when done, and a spare is woken or
+   started to watch in case it is slow; else a spare or an idle worker is woken, or a worker
+   started. 0, or an errno when no worker exists and none can be started. */
 static int
-exec_submit(ExecJob *j)
+exec_ensure_looker(void)
+{
+    int in_transit = ex.threads - ex.running - ex.idle - ex.spare;
+    if (ex.waking || in_transit > 0)
+        return 0;
+    if (ex.running) {
+        if (!ex.spare)
+            (void)exec_wake_or_start(); /* best effort: the running one comes back */
+        return 0;
+    }
+    if (ex.spare) {
+        pthread_cond_signal(&ex.spare_cv);
+        ex.waking = 1;
+        return 0;
+    }
+    return exec_wake_or_start();
+}
+
+/* Queue `j`: 0, or an errno (not queued: no worker exists and none can be started).
+
+   Deferred wake-up (`defer`): a worker that would have to be woken for the job is not woken
+   now: *flush is set, and the caller calls exec_flush() soon, once for all the jobs it submits
+   meanwhile (an event loop: once per iteration; a wake-up costs the waker tens of
+   microseconds on a VM). If the flush never comes (the loop stopped), an idle worker still looks
+   at the queue by EXEC_BACKSTOP: a job is never stranded. */
+#define EXEC_BACKSTOP 0.05
+
+static int
+exec_submit(ExecJob *j, int defer, int *flush)
 {
     j->next = NULL;
     j->queued_at = exec_now();
+    *flush = 0;
     pthread_mutex_lock(&ex.mu);
-    int in_transit = ex.threads - ex.running - ex.idle - ex.spare;
     int e = 0;
-    if (!(ex.waking || in_transit > 0)) { /* nobody is about to look at the queue */
-        if (ex.running) {                 /* it takes the job when done; a spare watches */
-            if (!ex.spare && exec_wake_or_start() != 0)
-                e = 0; /* best effort: the running worker still comes back to the queue */
+    if (defer && ex.threads > 0) {
+        int in_transit = ex.threads - ex.running - ex.idle - ex.spare;
+        if (!(ex.waking || in_transit > 0 || (ex.running && ex.spare))) {
+            ex.wake_wanted = 1;
+            *flush = 1;
+            double at = j->queued_at + EXEC_BACKSTOP;
+            if (ex.rescue_at == 0 || at < ex.rescue_at) {
+                if (ex.rescue_at == 0 && ex.idle)
+                    pthread_cond_signal(&ex.idle_cv);
+                ex.rescue_at = at;
+            }
         }
-        else if (ex.spare) {
-            pthread_cond_signal(&ex.spare_cv);
-            ex.waking = 1;
-        }
-        else
-            e = exec_wake_or_start();
     }
+    else
+        e = exec_ensure_looker();
     if (e == 0) {
         if (ex.tail)
             ex.tail->next = j;
@@ -170,20 +217,45 @@ exec_submit(ExecJob *j)
     return e;
 }
 
-/* Ask for a call of the rescue hook in `delay` seconds (or sooner, if asked for already). The
-   first request of a quiet spell wakes an idle worker, so that one waits for that time: a
-   worker's own idle deadline may be far off. */
+/* The deferred wake-up of the jobs submitted since the last flush. */
 static void
-exec_want_rescue(double delay)
+exec_flush(void)
 {
-    double at = exec_now() + delay;
     pthread_mutex_lock(&ex.mu);
+    if (ex.wake_wanted) {
+        ex.wake_wanted = 0;
+        if (ex.head)
+            (void)exec_ensure_looker();
+    }
+    pthread_mutex_unlock(&ex.mu);
+}
+
+/* Whether more jobs are queued (read without the lock: a hint for batching). */
+static int
+exec_more_queued(void)
+{
+    return __atomic_load_n(&ex.head, __ATOMIC_RELAXED) != NULL;
+}
+
+#define EXEC_HELD 1
+/* A finished job asks for a call of the rescue hook this long after its delivery. */
+#define EXEC_RESCUE_AFTER 0.05
+
+/* After a deliver (ex.mu held): ask for a call of the rescue hook EXEC_RESCUE_AFTER later (or
+   sooner, if asked for already), and note a held signal. The first request of a quiet spell
+   wakes an idle worker, so that one waits for that time: a worker's own idle deadline may be
+   far off. */
+static void
+exec_delivered(int flags)
+{
+    double at = exec_now() + EXEC_RESCUE_AFTER;
+    if (flags & EXEC_HELD)
+        ex.held_pending = 1;
     if (ex.rescue_at == 0 || at < ex.rescue_at) {
         if (ex.rescue_at == 0 && ex.idle)
             pthread_cond_signal(&ex.idle_cv);
         ex.rescue_at = at;
     }
-    pthread_mutex_unlock(&ex.mu);
 }
 
 /* Call the rescue hook if it is due (ex.mu held, released meanwhile: the worker is then in
@@ -202,6 +274,19 @@ exec_rescue_if_due(void)
         if (ex.rescue_at == 0 || at < ex.rescue_at)
             ex.rescue_at = at;
     }
+    return 1;
+}
+
+/* Send the held signals if any (ex.mu held, released meanwhile). 1 if it did. */
+static int
+exec_release_if_held(void)
+{
+    if (!ex.held_pending || ex.release == NULL)
+        return 0;
+    ex.held_pending = 0;
+    pthread_mutex_unlock(&ex.mu);
+    ex.release();
+    pthread_mutex_lock(&ex.mu);
     return 1;
 }
 
@@ -234,11 +319,15 @@ exec_take(void)
             /* Back from waiting, leave the job to a worker in transit: it is about to take it. */
             if (arriving || (stuck && in_transit <= 1))
                 break;
+            if (exec_release_if_held())
+                continue;
             exec_wait(&ex.spare_cv, &ex.spare,
                       stuck ? now + EXEC_STALL : ex.head->queued_at + EXEC_STALL);
             arriving = 0;
             exec_rescue_if_due();
         }
+        else if (exec_release_if_held())
+            continue;
         else if (ex.running && !ex.spare) {
             /* Busy: stay the spare (one timed wake-up per EXEC_STALL while others run, so
                that a submission behind a running job never has to wake anyone). */
@@ -298,14 +387,20 @@ exec_worker(void *arg)
         /* Keep a spare watching whatever is still queued behind this job. */
         if (ex.head && !ex.spare && !ex.waking && ex.threads == ex.running + ex.idle)
             (void)exec_wake_or_start(); /* best effort: this worker comes back to the queue */
+        /* The last job of a batch: what the batch's earlier jobs held back goes now. */
+        int release = !ex.head && ex.held_pending && ex.release != NULL;
+        if (release)
+            ex.held_pending = 0;
         pthread_mutex_unlock(&ex.mu);
+        if (release)
+            ex.release();
         j->run(j);
         pthread_mutex_lock(&ex.mu);
         exec_done(j);
         pthread_mutex_unlock(&ex.mu);
         /* Only now: the task it resumes may submit its next job at once, and this worker must
            already count as in transit, or another would be woken for it. */
-        j->deliver(j);
+        int flags = j->deliver(j);
         if (ex.spin > 0) {
             /* Still in transit (a submission wakes nobody): the next job of a task that
                resumes now is taken without a wake-up, which costs far more than this wait. */
@@ -314,6 +409,7 @@ exec_worker(void *arg)
                 EXEC_RELAX();
         }
         pthread_mutex_lock(&ex.mu);
+        exec_delivered(flags);
     }
     pthread_mutex_unlock(&ex.mu);
     return NULL;
