@@ -133,14 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Ctrl-C ends it with status 130 and one line on stderr, on every backend."""
     args = parser().parse_args(argv)
+    # A Ctrl-C right when tasks or calls are starting leaves coroutines (and Openings) that
+    # never ran; the interpreter warns about each when it collects them, which can be while the
+    # interrupted run unwinds, before the line below is printed. That line says it all.
+    warnings.filterwarnings("ignore", ".* was never awaited", RuntimeWarning)
     try:
         return _run(args)
     except BaseException as exc:
         if not _interrupted(exc):
             raise
-    # A Ctrl-C right when tasks or calls were starting leaves coroutines (and Openings) that
-    # never ran; the interpreter would warn about each at exit. The line below says it all.
-    warnings.filterwarnings("ignore", ".* was never awaited", RuntimeWarning)
     where = getattr(args, "dir", None)
     kept = f": the log in {where} keeps every committed record" if where else ""
     print(f"python -m aiopmem {args.command}: interrupted{kept}", file=sys.stderr)

@@ -329,16 +329,17 @@ async def run_job(
                 await anyio.lowlevel.checkpoint()
             return job
         result = await _await_asyncio(loop, job, undo, check)
-        if undo is not None:
-            # A cancellation due while the job ran but not delivered yet (the result may reach
-            # the task first: the order of the loop's callbacks decides) is taken here, as on
-            # trio: the result is undone and the cancellation propagates.
-            try:
-                await checkpoint_if_cancelled()
-            except asyncio.CancelledError:
+        # A cancellation due while the job ran but not delivered yet (the result may reach
+        # the task first: the order of the loop's callbacks decides, and uvloop's differs from
+        # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
+        # cancellation propagates.
+        try:
+            await checkpoint_if_cancelled()
+        except asyncio.CancelledError:
+            if undo is not None:
                 with anyio.CancelScope(shield=True):
                     await _undo_asyncio(loop, undo, result)
-                raise
+            raise
         return result
     import trio
 
