@@ -27,7 +27,6 @@ import anyio
 
 from .. import _core
 from .._core import Protection, Sharing
-from .._core._align import ALIGNMENT
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._mapping import Mapping as _MAPPING
 from .._core._reservation import MapPlan, c_offset_length, file_refusal
@@ -41,9 +40,6 @@ from ._opening import Opening
 __all__ = ["Reservation", "reserve"]
 
 _RW = Protection.READ | Protection.WRITE
-_MASK = ALIGNMENT - 1
-_U64 = 2**64
-_I64 = 2**63
 
 
 @final
@@ -272,17 +268,16 @@ class Reservation(metaclass=NoPublicConstructor):
         Cancellation: a caller cancelled while waiting for its turn starts nothing; once the
         extend runs it completes (its effect stands) and the cancellation is delivered on return.
         """
+        # Inside the headroom an extend makes no syscall: when the gate is free (and the size a
+        # plain aligned int) it runs right here, after the checkpoint (a cancelled caller
+        # starts nothing); otherwise in a worker, which checks the size.
         core = self._core
-        if type(size) is int and 0 < size < _U64 and not size & _MASK:
-            # Inside the headroom an extend makes no syscall: when the gate is free it runs
-            # right here, after the checkpoint (a cancelled caller starts nothing).
-            await anyio.lowlevel.checkpoint()
-            code = core._extend_nowait(size)
-            if code != C_WOULD_BLOCK:
-                if code:
-                    core._extend_failed(size, code)
-                return
-        await run_blocking(core.extend, size)
+        await anyio.lowlevel.checkpoint()
+        code = core._extend_nowait(size)
+        if code == C_WOULD_BLOCK:
+            await run_blocking(core.extend, size)
+        elif code:
+            core._extend_failed(size, code)
 
     async def shrink(self, offset: int, size: int) -> None:
         """Remove ``[offset, offset+size)`` at the beginning or the end, from a worker thread.
@@ -291,22 +286,14 @@ class Reservation(metaclass=NoPublicConstructor):
 
         Cancellation: as ``extend``.
         """
+        # A shrink of the tail makes no syscall: as extend (a front shrink munmaps).
         core = self._core
-        if (
-            type(offset) is int
-            and type(size) is int
-            and not (offset | size) & _MASK
-            and -_I64 <= offset < _I64
-            and -_I64 <= size < _I64
-        ):
-            # A shrink of the tail makes no syscall: as extend (a front shrink munmaps).
-            await anyio.lowlevel.checkpoint()
-            code = core._shrink_nowait(offset, size)
-            if code != C_WOULD_BLOCK:
-                if code:
-                    core._shrink_failed(offset, size, code)
-                return
-        await run_blocking(core.shrink, offset, size)
+        await anyio.lowlevel.checkpoint()
+        code = core._shrink_nowait(offset, size)
+        if code == C_WOULD_BLOCK:
+            await run_blocking(core.shrink, offset, size)
+        elif code:
+            core._shrink_failed(offset, size, code)
 
     async def aclose(self) -> None:
         """Unmap every mapping and release all the address space (headroom included), from a

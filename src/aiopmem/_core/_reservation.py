@@ -380,7 +380,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             or type(protection) is not Protection
             or type(sharing) is not Sharing
             or not 0 <= file <= _FD_MAX
-            or not 0 < length < 2**64
+            or not 0 < length < _U64
             or length & _MASK
             or not 0 <= file_offset < _I64
             or file_offset & _MASK

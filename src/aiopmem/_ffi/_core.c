@@ -1739,7 +1739,6 @@ static int check_how(PyObject *how);
 
 /* A finished job its event loop has not drained after this long is committed by the rescue
    (the loop is gone, or blocked): the reservation never waits for a loop that stopped. */
-#define RESCUE_AFTER EXEC_RESCUE_AFTER
 
 static pthread_mutex_t ports_mu = PTHREAD_MUTEX_INITIALIZER;
 static PortObj *all_ports;
@@ -2038,13 +2037,6 @@ op_outcome(OpObj *o, PyObject *unused)
 }
 
 static PyObject *
-op_get_delivered(OpObj *o, void *unused)
-{
-    (void)unused;
-    return PyBool_FromLong(o->delivered);
-}
-
-static PyObject *
 op_get_none(OpObj *o, void *unused)
 {
     (void)o;
@@ -2071,11 +2063,12 @@ static PyMethodDef op_methods[] = {
 
 static PyMemberDef op_members[] = {
     {"waiter", T_OBJECT, offsetof(OpObj, waiter), 0, "the future or task that waits"},
+    {"delivered", T_BOOL, offsetof(OpObj, delivered), READONLY,
+     "committed and handed to its waiter"},
     {NULL},
 };
 
 static PyGetSetDef op_getset[] = {
-    {"delivered", (getter)op_get_delivered, NULL, "committed and handed to its waiter", NULL},
     {"error", (getter)op_get_none, (setter)op_set_error, "always None (codes are results)",
      NULL},
     {"ticket", (getter)op_get_none, NULL, "always None (a job never waits at the gate)", NULL},
@@ -2261,9 +2254,9 @@ static PyTypeObject PortType = {
 };
 
 /* The executor's rescue hook (an idle worker, no GIL): commit the finished jobs that waited
-   RESCUE_AFTER or longer for their event loop's drain (the loop stopped, or is blocked): their
-   admissions and claims are given back whatever becomes of the loop; the loop's drain, if it
-   ever comes, then only wakes their tasks. Returns when to look again (0: nothing waits). */
+   EXEC_RESCUE_AFTER or longer for their event loop's drain (the loop stopped, or is blocked):
+   their admissions and claims are given back whatever becomes of the loop; the loop's drain,
+   if it ever comes, then only wakes their tasks. Returns when to look again (0: nothing waits). */
 static unsigned long long rescued;
 
 #if PY_VERSION_HEX >= 0x030D0000
@@ -2287,8 +2280,8 @@ rescue_ports(void)
     pthread_mutex_unlock(&ports_mu);
     if (oldest == 0)
         return 0;
-    if (now - oldest < RESCUE_AFTER)
-        return RESCUE_AFTER - (now - oldest);
+    if (now - oldest < EXEC_RESCUE_AFTER)
+        return EXEC_RESCUE_AFTER - (now - oldest);
     if (IS_FINALIZING())
         return 0;
     PyGILState_STATE g = PyGILState_Ensure();
@@ -2301,12 +2294,12 @@ rescue_ports(void)
         for (OpObj *o = p->head; o; o = o->next_done) {
             if (o->committed)
                 continue;
-            if (now - o->finished_at >= RESCUE_AFTER) {
+            if (now - o->finished_at >= EXEC_RESCUE_AFTER) {
                 op_commit(o);
                 rescued++;
             }
-            else if (next == 0 || RESCUE_AFTER - (now - o->finished_at) < next)
-                next = RESCUE_AFTER - (now - o->finished_at);
+            else if (next == 0 || EXEC_RESCUE_AFTER - (now - o->finished_at) < next)
+                next = EXEC_RESCUE_AFTER - (now - o->finished_at);
         }
         pthread_mutex_unlock(&p->mu);
     }
@@ -2381,34 +2374,30 @@ executor_stats(PyObject *module, PyObject *unused)
     long threads = ex.threads, idle = ex.idle, running = ex.running, spare = ex.spare,
          queued = ex.queued, max_workers = ex.max_workers;
     unsigned long long started = ex.started, retired = ex.retired, ran = ex.ran;
-    double idle_exit = ex.idle_exit, spin = ex.spin;
+    double idle_exit = ex.idle_exit;
     pthread_mutex_unlock(&ex.mu);
-    return Py_BuildValue("{slslslslslslsdsdsKsKsKsK}", "threads", threads, "idle", idle,
+    return Py_BuildValue("{slslslslslslsdsKsKsKsK}", "threads", threads, "idle", idle,
                          "running", running, "spare", spare, "queued", queued, "max_workers",
-                         max_workers, "idle_exit", idle_exit, "spin", spin, "started", started,
-                         "retired", retired, "ran", ran, "rescued", rescued);
+                         max_workers, "idle_exit", idle_exit, "started", started, "retired",
+                         retired, "ran", ran, "rescued", rescued);
 }
 
-/* executor_configure(max_workers, idle_exit, spin): None leaves a setting as it is. */
+/* executor_configure(max_workers, idle_exit): None leaves a setting as it is. */
 static PyObject *
 executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3)
-        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit, spin)");
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit)");
     long n = -1;
-    double t = -1, spin = -1;
+    double t = -1;
     if (args[0] != Py_None && ((n = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()))
         return NULL;
     if (args[1] != Py_None && ((t = PyFloat_AsDouble(args[1])) == -1 && PyErr_Occurred()))
         return NULL;
-    if (args[2] != Py_None && ((spin = PyFloat_AsDouble(args[2])) == -1 && PyErr_Occurred()))
-        return NULL;
     if ((args[0] != Py_None && (n < 1 || n > 1024)) ||
-        (args[1] != Py_None && !(t > 0 && t <= 86400)) ||
-        (args[2] != Py_None && !(spin >= 0 && spin <= 0.01))) {
-        PyErr_SetString(PyExc_ValueError,
-                        "max_workers: 1..1024, idle_exit: (0, 86400], spin: 0..0.01 seconds");
+        (args[1] != Py_None && !(t > 0 && t <= 86400))) {
+        PyErr_SetString(PyExc_ValueError, "max_workers: 1..1024, idle_exit: (0, 86400]");
         return NULL;
     }
     pthread_mutex_lock(&ex.mu);
@@ -2416,8 +2405,6 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         ex.max_workers = (int)n;
     if (t > 0)
         ex.idle_exit = t;
-    if (spin >= 0)
-        ex.spin = spin;
     pthread_cond_broadcast(&ex.idle_cv); /* idle ones look at the new deadline */
     pthread_mutex_unlock(&ex.mu);
     Py_RETURN_NONE;
@@ -2503,14 +2490,27 @@ core_extend(Core *c, PyObject *arg)
     return code_or_error(extend_by(c, n, 0));
 }
 
-/* _extend_nowait(n): n an int, positive, aligned, below 2**64 (the caller checks). */
+/* Whether `o` is a plain int (a subclass, bool included, is not) within int64 and a multiple
+   of the page size: the arguments the fast paths take; anything else gets the full checks. */
+static int
+plain_aligned(PyObject *o, long long *v)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow;
+    *v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return !overflow && !(*v & (long long)page_mask);
+}
+
+/* _extend_nowait(size) (the async API, on the event loop): the code, C_WOULD_BLOCK also when
+   `size` is not a plain positive aligned int (the blocking path then checks it). */
 static PyObject *
 core_extend_nowait(Core *c, PyObject *arg)
 {
-    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
-    if (n == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    return code_or_error(extend_by(c, n, 1));
+    long long n;
+    if (!plain_aligned(arg, &n) || n <= 0)
+        return PyLong_FromLong(C_WOULD_BLOCK);
+    return code_or_error(extend_by(c, (uint64_t)n, 1));
 }
 
 /* Shrink [off, off+n) (GIL held): the code (0: done), or -1 with an exception set. With
@@ -2571,10 +2571,9 @@ shrink_by(Core *c, long long off, long long n, int nowait)
     return code;
 }
 
-/* _shrink(offset, size) / _shrink_nowait(offset, size): offset and size come aligned and
-   within int64 (Python checks). */
+/* _shrink(offset, size): offset and size come aligned and within int64 (Python checks). */
 static PyObject *
-shrink_method(Core *c, PyObject *const *args, Py_ssize_t nargs, int nowait)
+core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2)
         return PyErr_Format(PyExc_TypeError, "_shrink(offset, size)");
@@ -2582,19 +2581,18 @@ shrink_method(Core *c, PyObject *const *args, Py_ssize_t nargs, int nowait)
     long long n = PyLong_AsLongLong(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    return code_or_error(shrink_by(c, off, n, nowait));
+    return code_or_error(shrink_by(c, off, n, 0));
 }
 
-static PyObject *
-core_shrink(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    return shrink_method(c, args, nargs, 0);
-}
-
+/* _shrink_nowait(offset, size) (the async API, on the event loop): the code, C_WOULD_BLOCK
+   also when the arguments are not plain aligned ints (the blocking path then checks them). */
 static PyObject *
 core_shrink_nowait(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    return shrink_method(c, args, nargs, 1);
+    long long off, n;
+    if (nargs != 2 || !plain_aligned(args[0], &off) || !plain_aligned(args[1], &n))
+        return PyLong_FromLong(C_WOULD_BLOCK);
+    return code_or_error(shrink_by(c, off, n, 1));
 }
 
 #define EXTEND_DOC \
@@ -2675,15 +2673,12 @@ static PyObject *
 core_extend_public(Core *c, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == 1 && kwnames == NULL && PyLong_CheckExact(args[0]) && !c->closed) {
-        int overflow;
-        long long n = PyLong_AsLongLongAndOverflow(args[0], &overflow);
-        if (!overflow && n > 0 && !(n & (long long)page_mask)) {
-            long code = extend_by(c, (uint64_t)n, 0);
-            if (code == 0)
-                Py_RETURN_NONE;
-            return refused(c, str_extend_failed, code, args, 1);
-        }
+    long long n;
+    if (nargs == 1 && kwnames == NULL && !c->closed && plain_aligned(args[0], &n) && n > 0) {
+        long code = extend_by(c, (uint64_t)n, 0);
+        if (code == 0)
+            Py_RETURN_NONE;
+        return refused(c, str_extend_failed, code, args, 1);
     }
     return delegate(c, str_extend_checked, args, nargsf, kwnames);
 }
@@ -2692,17 +2687,13 @@ static PyObject *
 core_shrink_public(Core *c, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == 2 && kwnames == NULL && PyLong_CheckExact(args[0]) &&
-        PyLong_CheckExact(args[1]) && !c->closed) {
-        int o1, o2;
-        long long off = PyLong_AsLongLongAndOverflow(args[0], &o1);
-        long long n = PyLong_AsLongLongAndOverflow(args[1], &o2);
-        if (!o1 && !o2 && !(off & (long long)page_mask) && !(n & (long long)page_mask)) {
-            long code = shrink_by(c, off, n, 0);
-            if (code == 0)
-                Py_RETURN_NONE;
-            return refused(c, str_shrink_failed, code, args, 2);
-        }
+    long long off, n;
+    if (nargs == 2 && kwnames == NULL && !c->closed && plain_aligned(args[0], &off) &&
+        plain_aligned(args[1], &n)) {
+        long code = shrink_by(c, off, n, 0);
+        if (code == 0)
+            Py_RETURN_NONE;
+        return refused(c, str_shrink_failed, code, args, 2);
     }
     return delegate(c, str_shrink_checked, args, nargsf, kwnames);
 }
@@ -3759,8 +3750,9 @@ wake_waiter(PyObject *waiter, PyObject *how, PyObject *job)
         return r == NULL ? -1 : 0;
     }
     PyObject *value = PyObject_CallOneArg(PyTuple_GET_ITEM(how, 1), Py_None);
-    PyObject *r = value ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 0), waiter, value, NULL)
-                        : NULL;
+    PyObject *r = NULL;
+    if (value != NULL)
+        r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(how, 0), waiter, value, NULL);
     Py_XDECREF(value);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
@@ -3857,7 +3849,7 @@ static PyMethodDef module_methods[] = {
     {"executor_stats", (PyCFunction)executor_stats, METH_NOARGS,
      "executor_stats() -> the executor's counters (threads, idle, running, ...)"},
     {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,
-     "executor_configure(max_workers, idle_exit, spin): None keeps a setting"},
+     "executor_configure(max_workers, idle_exit): None keeps a setting"},
     {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,
      "open_path(path, flags) -> OwnedFd (O_CLOEXEC; closed when it dies)"},
     {NULL, NULL, 0, NULL},

@@ -40,17 +40,6 @@ struct ExecJob {
 };
 
 #define EXEC_STALL 0.002
-/* How long a worker back from a job watches the queue before it sleeps (seconds): a task that
-   resumes and submits its next job within it needs no wake-up of a sleeping worker. */
-#define EXEC_SPIN 0.0
-
-#if defined(__x86_64__) || defined(__i386__)
-#define EXEC_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define EXEC_RELAX() __asm__ __volatile__("yield")
-#else
-#define EXEC_RELAX() ((void)0)
-#endif
 
 static struct {
     pthread_mutex_t mu;
@@ -62,7 +51,6 @@ static struct {
     int wake_wanted; /* a deferred submission waits for exec_flush() */
     int max_workers;
     double idle_exit;
-    double spin; /* seconds a worker back from a job watches the queue before it sleeps */
     double rescue_at; /* when an idle worker calls the rescue hook (0: not wanted) */
     double (*rescue)(void);
     /* Batches: a deliver may hold its signal back while more jobs are queued (held_pending);
@@ -401,13 +389,6 @@ exec_worker(void *arg)
         /* Only now: the task it resumes may submit its next job at once, and this worker must
            already count as in transit, or another would be woken for it. */
         int flags = j->deliver(j);
-        if (ex.spin > 0) {
-            /* Still in transit (a submission wakes nobody): the next job of a task that
-               resumes now is taken without a wake-up, which costs far more than this wait. */
-            double until = exec_now() + ex.spin;
-            while (!__atomic_load_n(&ex.head, __ATOMIC_ACQUIRE) && exec_now() < until)
-                EXEC_RELAX();
-        }
         pthread_mutex_lock(&ex.mu);
         exec_delivered(flags);
     }
@@ -473,7 +454,6 @@ exec_init(void)
     exec_init_locks();
     ex.max_workers = 64;
     ex.idle_exit = 10.0;
-    ex.spin = EXEC_SPIN;
 }
 
 #endif
