@@ -61,16 +61,19 @@ class RunQueueClock:
 
 
 async def stall_segment(
-    fd: int, base: int, length: int, chunk: int, idle: float
+    fd: int, base: int, length: int, chunk: int, idle: float, via_write: bool = False
 ) -> dict[str, float]:
     """Map ``[base, base+length)`` of the file as ``chunk``-sized mappings, one after the
-    other; write each through its view in ``STEP`` pieces (a checkpoint after each),
-    ``await m.persist()`` it, unmap it. A heartbeat task sleeps ``BEAT`` in a loop throughout,
-    alone for ``idle`` seconds first. Returns, in seconds, the longest heartbeat gap minus
-    ``BEAT``: overall once the work started ("all"), while awaiting the library ("library"),
-    in the task's own writes ("write") and while idle ("idle"); and how long the loop thread
-    waited for a CPU during the longest overall gap ("all_cpu_wait")."""
+    other; write each through its view in ``STEP`` pieces (a checkpoint after each), or with
+    ``via_write`` by one ``await rsv.write()`` of the whole chunk (the data path of the memory
+    operations: the copy and its page faults in the executor); ``await m.persist()`` it
+    (``await rsv.persist()`` with ``via_write``), unmap it. A heartbeat task sleeps ``BEAT``
+    in a loop throughout, alone for ``idle`` seconds first. Returns, in seconds, the longest
+    heartbeat gap minus ``BEAT``: overall once the work started ("all"), while awaiting the
+    library ("library"), in the task's own writes ("write") and while idle ("idle"); and how
+    long the loop thread waited for a CPU during the longest overall gap ("all_cpu_wait")."""
     block = b"\x5a" * STEP
+    whole = b"\x5a" * chunk if via_write else b""
     phase = "idle"
     #: phase -> (longest lateness, run-queue wait during that gap)
     longest = {p: (0.0, 0.0) for p in ("idle", "write", *LIBRARY_PHASES)}
@@ -100,13 +103,18 @@ async def stall_segment(
                 phase = "map"
                 m = await rsv.map_file(fd, offset, length=chunk, file_offset=base + offset)
                 phase = "write"
-                view = m.view()
-                for pos in range(0, chunk, STEP):
-                    view[pos : pos + STEP] = block
-                    await anyio.lowlevel.checkpoint()
-                view.release()
-                phase = "persist"
-                await m.persist()
+                if via_write:
+                    await rsv.write(offset, whole)
+                    phase = "persist"
+                    await rsv.persist(offset, chunk)
+                else:
+                    view = m.view()
+                    for pos in range(0, chunk, STEP):
+                        view[pos : pos + STEP] = block
+                        await anyio.lowlevel.checkpoint()
+                    view.release()
+                    phase = "persist"
+                    await m.persist()
                 phase = "unmap"
                 await m.unmap()
         finally:
@@ -192,7 +200,10 @@ class Stall(Figure):
     /proc/thread-self/schedstat): that part is the machine's load, not a blocking call.
     Control (no aiopmem): one 64 MiB chunk of another file mapped with Python's mmap module,
     written the same way, msync(MS_SYNC) via ctypes in ``anyio.to_thread.run_sync``: the
-    longest stall during that msync is what the kernel and machine impose anyway."""
+    longest stall during that msync is what the kernel and machine impose anyway.
+    Then each segment again, per backend, written by one ``await rsv.write()`` per 64 MiB
+    chunk and persisted by ``await rsv.persist()`` (the data path of the memory operations):
+    "longest, await rsv.write()" is the longest stall of that pass."""
 
     name = "stall"
     title = "event-loop stall while mapping + writing + persisting a file"
@@ -213,6 +224,13 @@ class Stall(Figure):
                 Metric(f"{label}_idle_ms", f"{label}: heartbeat alone (noise)", "ms", True),
                 Metric(f"{label}_control_ms", f"{label}: raw msync in a thread", "ms", True),
                 Metric(f"{label}_mb_per_s", f"{label}: map+write+persist", "MB/s"),
+                Metric(f"{label}_rsv_write_stall_ms", f"{label}: longest, await rsv.write()", "ms"),
+                Metric(
+                    f"{label}_rsv_write_mb_per_s",
+                    f"{label}: map+rsv.write+rsv.persist",
+                    "MB/s",
+                    True,
+                ),
             ]
         return out
 
@@ -274,6 +292,14 @@ class Stall(Figure):
             out[f"{label}_mb_per_s"] = self.segment / 1e6 / elapsed
             out[f"{label}_control_ms"] = run_on(label, control_msync, self.control_fd, chunk) * 1e3
             os.posix_fadvise(self.control_fd, 0, chunk, os.POSIX_FADV_DONTNEED)
+        # The same segment again through the memory operations' data path (cold pages too).
+        for label in order:
+            t0 = time.perf_counter()
+            got = run_on(label, stall_segment, self.fd, base, self.segment, chunk, self.idle, True)
+            elapsed = time.perf_counter() - t0 - self.idle
+            os.posix_fadvise(self.fd, base, self.segment, os.POSIX_FADV_DONTNEED)
+            out[f"{label}_rsv_write_stall_ms"] = got["all"] * 1e3
+            out[f"{label}_rsv_write_mb_per_s"] = self.segment / 1e6 / elapsed
         return out
 
     def close(self) -> None:

@@ -28,6 +28,12 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "trio": ("trio", {}),
 }
 
+#: The async methods of mappings and reservations that take their arguments as the blocking
+#: ones do (called through the portal by the wrappers below).
+MEMORY_OPERATIONS = frozenset(
+    {"populate", "advise", "protect", "lock", "unlock", "write", "read", "read_into", "persist"}
+)
+
 _current: Api | None = None
 _W = TypeVar("_W")
 
@@ -44,8 +50,12 @@ class PortalMapping:
         self.async_mapping = am
 
     def __getattr__(self, name: str) -> Any:
-        # Plain attributes of the async mapping: address, size, offset, file, ...
-        return getattr(self.async_mapping, name)
+        # Plain attributes of the async mapping: address, size, offset, file, ...; its memory
+        # operations (coroutines) are called through the portal.
+        attr = getattr(self.async_mapping, name)
+        if name in MEMORY_OPERATIONS:
+            return functools.partial(self._api.portal.call, attr)
+        return attr
 
     @property
     def reservation(self) -> PortalReservation:
@@ -77,8 +87,12 @@ class PortalReservation:
         self.async_reservation = ar
 
     def __getattr__(self, name: str) -> Any:
-        # Plain attributes: address, size, max_size, closed, holes.
-        return getattr(self.async_reservation, name)
+        # Plain attributes: address, size, max_size, closed, holes; memory operations as for
+        # a mapping.
+        attr = getattr(self.async_reservation, name)
+        if name in MEMORY_OPERATIONS:
+            return functools.partial(self._api.portal.call, attr)
+        return attr
 
     def _mapping(self, am: aiopmem.Mapping | None) -> PortalMapping | None:
         return None if am is None else self._api.mapping(am)

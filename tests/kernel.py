@@ -197,3 +197,54 @@ def quiet_address(length: int) -> int:
         if is_free(addr - (1 << 30), addr + length + (1 << 30)):
             return addr
     raise AssertionError("no quiet address found")
+
+
+def _smaps_of(start: int, end: int) -> list[tuple[dict[str, int], set[str]]]:
+    """For each VMA intersecting [start, end): its kB fields of /proc/self/smaps and VmFlags."""
+    out: list[tuple[dict[str, int], set[str]]] = []
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = hi > start and lo < end
+                if inside:
+                    out.append(({}, set()))
+                continue
+            if not inside:
+                continue
+            key, _, value = line.partition(":")
+            if key == "VmFlags":
+                out[-1][1].update(value.split())
+                continue
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[-1][0][key] = int(parts[0]) * 1024
+    return out
+
+
+def smaps(start: int, end: int) -> dict[str, int]:
+    """The fields of /proc/self/smaps (Rss, Locked, AnonHugePages, Anonymous...), in bytes,
+    summed over the VMAs intersecting [start, end)."""
+    totals: dict[str, int] = {}
+    for fields, _ in _smaps_of(start, end):
+        for key, value in fields.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def vm_flags(addr: int) -> set[str]:
+    """The VmFlags of the VMA containing ``addr`` (hg: HUGEPAGE, nh: NOHUGEPAGE, rr: RANDOM,
+    sr: SEQUENTIAL, lo: locked...)."""
+    (entry,) = _smaps_of(addr, addr + 1)
+    return entry[1]
+
+
+def vm_size() -> int:
+    """The process's virtual size in bytes (VmSize of /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")

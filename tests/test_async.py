@@ -546,7 +546,8 @@ def test_async_classes_mirror_sync_ones(sync_cls: type, async_cls: type) -> None
         # Names, kinds and defaults (a method of the compiled base has no annotations).
         assert _call_shape(member) == _call_shape(other), name
         blocking = name in {
-            "map_file", "map_anonymous", "extend", "shrink", "close", "unmap", "persist"
+            "map_file", "map_anonymous", "extend", "shrink", "close", "unmap", "persist",
+            "populate", "advise", "protect", "lock", "unlock", "write", "read", "read_into",
         }  # fmt: skip
         if blocking:
             # A coroutine function, or one returning an awaitable opening (map_*).

@@ -27,6 +27,7 @@ def test_the_examples_are_there() -> None:
         "sync_threads.py",
         "numpy_over_files.py",
         "growing_array.py",
+        "huge_pages.py",
     }
 
 

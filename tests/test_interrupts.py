@@ -31,7 +31,7 @@ import pytest
 
 import aiopmem
 import kernel
-from aiopmem.sync import Protection, Reservation, Sharing, reserve
+from aiopmem.sync import Advice, Protection, Reservation, Sharing, reserve
 from reliability import TALLY
 from sizes import P
 
@@ -138,6 +138,15 @@ CALLS: dict[str, Callable[[Reservation, Any, Path], object]] = {
     "persist of a file mapping": lambda rsv, m, path: _persist_file(rsv, path),
     "shrink of the front": lambda rsv, m, path: _shrink_front(rsv),
     "unmap with a view alive (refused)": lambda rsv, m, path: _unmap_pinned(m),
+    "write": lambda rsv, m, path: m.write(0, b"abc"),
+    "read_into": lambda rsv, m, path: m.read_into(bytearray(8), 8),
+    "reservation write": lambda rsv, m, path: rsv.write(0, b"xyz"),
+    "reservation read (not mapped: refused)": lambda rsv, m, path: rsv.read(0, 2 * P),
+    "populate": lambda rsv, m, path: m.populate(),
+    "advise": lambda rsv, m, path: m.advise(Advice.RANDOM),
+    "protect": lambda rsv, m, path: m.protect(Protection.READ),
+    "lock": lambda rsv, m, path: m.lock(),
+    "map with populate": lambda rsv, m, path: rsv.map_file(path, 4 * P, populate=True),
     "lookups": lambda rsv, m, path: (
         rsv.find(0),
         rsv.find_next(m),
@@ -389,6 +398,11 @@ ASYNC_CALLS: dict[str, Callable[[Any, Any], Any]] = {
     "map_anonymous": lambda rsv, m: rsv.map_anonymous(4 * P, P),
     "unmap": lambda rsv, m: m.unmap(),
     "persist": lambda rsv, m: m.persist(),
+    "write": lambda rsv, m: m.write(0, b"abc"),
+    "reservation read": lambda rsv, m: rsv.read(0, 16),
+    "protect": lambda rsv, m: m.protect(Protection.READ),
+    "lock": lambda rsv, m: m.lock(),
+    "map with populate": lambda rsv, m: rsv.map_anonymous(4 * P, P, populate=True),
     "extend": lambda rsv, m: rsv.extend(P),
     "aclose": lambda rsv, m: rsv.aclose(),
 }

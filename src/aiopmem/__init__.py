@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from ._core import (
     ALIGNMENT,
     AddressUnalignedError,
+    Advice,
+    AlignmentError,
     ClosedError,
     Granularity,
     InvalidFileHandleError,
@@ -40,6 +42,8 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ALIGNMENT",
     "AddressUnalignedError",
+    "Advice",
+    "AlignmentError",
     "ClosedError",
     "Granularity",
     "InvalidFileHandleError",

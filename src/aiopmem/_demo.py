@@ -3,7 +3,8 @@
 The log is a sequence of fixed-size records behind a small log header. It lives in chunk files
 of ``chunk_size`` bytes each, mapped back to back into one reservation, so that the whole log
 is one contiguous range of addresses: a record may straddle two chunk files and is still
-written with one store through one ``Reservation.view()``. When the log needs room, one task
+written by one ``await rsv.write()`` (the copy and its page faults run in aiopmem's executor,
+never on the event loop). When the log needs room, one task
 creates the next chunk file, ``extend()``s the reservation by one chunk and maps the file
 there; the tasks that also need room wait for it on an ``anyio.Lock``, the others keep writing.
 Nothing ever moves: the reservation keeps its address while it grows.
@@ -135,9 +136,15 @@ def payload_pattern(length: int) -> bytes:
 
 
 def encode_record(
-    buf: memoryview, offset: int, task: int, seq: int, record_size: int, pattern: bytes
+    buf: memoryview | bytearray,
+    offset: int,
+    task: int,
+    seq: int,
+    record_size: int,
+    pattern: bytes,
 ) -> None:
-    """Write one record at ``offset`` of ``buf`` (in place: straight into the mapped log)."""
+    """Write one record at ``offset`` of ``buf`` (a writer's batch, copied into the log by
+    ``await rsv.write()``)."""
     length = record_size - RECORD_HEADER_SIZE
     start = (seq * 131 + task * 31) & 0xFF
     RECORD_BODY.pack_into(buf, offset + _CRC_FROM, length, task, seq)
@@ -213,12 +220,11 @@ class Log:
             raise
         return log
 
-    async def claim(self, count: int) -> tuple[int, memoryview]:
-        """Claim the next ``count`` records of the log: the index of the first one and a
-        writable view of them. Call ``finish()`` once they are written.
-
-        The view spans chunk files when the claim straddles a boundary. Release it (``with``)
-        once written: the log cannot be closed while a view is alive.
+    async def claim(self, count: int) -> tuple[int, int]:
+        """Claim the next ``count`` records of the log: the index of the first one and its
+        offset in the reservation, mapped by the time this returns. Write them there with
+        ``await rsv.write()`` (the range spans chunk files when the claim straddles a
+        boundary), then call ``finish()``.
         """
         first = self.records
         self.records += count  # no await since `first` was read: claims never overlap
@@ -226,7 +232,7 @@ class Log:
         end = start + count * self.record_size
         if end > self.capacity:
             await self.make_room(end)
-        return first, self.rsv.view(start, end - start)
+        return first, start
 
     def finish(self, first: int, count: int) -> None:
         """Records ``[first, first + count)`` are written: the next commit may cover them
@@ -260,7 +266,7 @@ class Log:
         """Make every record written so far durable, then count it in the header.
 
         The order is what makes the log crash-consistent: first the new records are persisted
-        (the msyncs of the chunks they cover run concurrently in worker threads), then the
+        (``rsv.persist()``: the msyncs of the chunks they cover, in the executor), then the
         count is stored in the header and the header's page persisted. ``complete`` also marks
         the log as finished (all planned records are in)."""
         async with self.committing:
@@ -269,12 +275,7 @@ class Log:
                 return
             lo = LOG_HEADER_SIZE + self.committed * self.record_size
             hi = LOG_HEADER_SIZE + upto * self.record_size
-            async with anyio.create_task_group() as tg:
-                for chunk in self.chunks:
-                    start = max(lo, chunk.offset)
-                    end = min(hi, chunk.offset + chunk.size)
-                    if start < end:
-                        tg.start_soon(chunk.persist, start - chunk.offset, end - start)
+            await self.rsv.persist(lo, hi - lo)  # the msyncs of every chunk in the range
             with self.rsv.view(0, LOG_HEADER_SIZE) as header:
                 struct.pack_into("<Q", header, COMMITTED_AT, upto)
                 if complete:
@@ -292,16 +293,19 @@ class Log:
 
 async def write_records(log: Log, task: int, count: int, batch: int, progress: Progress) -> None:
     """One writer task: ``count`` records with sequence numbers 0, 1, ..., ``batch`` per
-    claim, each written straight into the mapped log."""
+    claim. A batch is encoded in memory of its own, then copied into the log by ``await
+    rsv.write()``: the copy, and the page faults of the fresh chunk files it touches, run in
+    the executor, never on the event loop."""
     size = log.record_size
     pattern = payload_pattern(size)
+    buf = bytearray(batch * size)
     seq = 0
     while seq < count:
         n = min(batch, count - seq)
-        first, view = await log.claim(n)
-        with view:
-            for i in range(n):
-                encode_record(view, i * size, task, seq + i, size, pattern)
+        for i in range(n):
+            encode_record(buf, i * size, task, seq + i, size, pattern)
+        first, start = await log.claim(n)
+        await log.rsv.write(start, memoryview(buf)[: n * size])
         log.finish(first, n)
         seq += n
         progress.advance(n)

@@ -17,6 +17,8 @@ Example::
 from ._core import (
     ALIGNMENT,
     AddressUnalignedError,
+    Advice,
+    AlignmentError,
     ClosedError,
     Granularity,
     InvalidFileHandleError,
@@ -42,6 +44,8 @@ from ._core import (
 __all__ = [
     "ALIGNMENT",
     "AddressUnalignedError",
+    "Advice",
+    "AlignmentError",
     "ClosedError",
     "Granularity",
     "InvalidFileHandleError",

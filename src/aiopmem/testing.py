@@ -36,8 +36,10 @@ class inject:
     """Make the next ``times`` calls of ``syscall``, after skipping ``after`` of them, sleep
     ``delay`` seconds and/or fail with ``errno`` instead of running.
 
-    ``syscall`` is one of ``"mmap"``, ``"munmap"``, ``"msync"``, ``"madvise"``, ``"open"``,
-    ``"fstat"`` (``fstat`` covers the descriptor check of ``map_file``). With ``errno=None``
+    ``syscall`` is one of ``"mmap"``, ``"munmap"``, ``"msync"``, ``"madvise"`` (``advise()``
+    and ``populate()``), ``"mprotect"`` (``protect()``), ``"mlock"`` (``lock()``),
+    ``"munlock"`` (``unlock()``), ``"open"``, ``"fstat"`` (``fstat`` covers the descriptor
+    check of ``map_file``). With ``errno=None``
     the call is only delayed and then runs. An injected ``EINTR`` is retried by the library as
     a real one would be. Only aiopmem's own calls are affected, in every thread, while the
     block is active; nested injections on the same syscall apply innermost first.

@@ -29,10 +29,11 @@ from anyio.lowlevel import checkpoint_if_cancelled
 
 from .._core._gate import Abandoned, Ticket
 from .._ffi import C_WOULD_BLOCK
+from .._ffi import Job as _Job
 from .._ffi import Port as JobPort
 from ._workers import Job, Port, submit
 
-__all__ = ["run_blocking", "run_job"]
+__all__ = ["run_blocking", "run_job", "run_mem"]
 
 T = TypeVar("T")
 
@@ -309,7 +310,7 @@ async def run_job(
 ) -> Any:
     """``begin(port, waiter, *args)`` and wait for the job it submitted; returns
     ``check(result)`` of the job's committed result (``check`` raises what a code stands for),
-    or the int code ``begin`` returned instead of a job (nothing began).
+    or what ``begin`` returned instead of a job (an int code or a tuple: nothing began).
 
     Cancellation as ``run_blocking``: a caller cancelled before the call begins nothing (unless
     ``always``); a begun job is always waited for, and when the caller was cancelled by then,
@@ -324,7 +325,7 @@ async def run_job(
         if port is None:
             port = _new_asyncio_job_port(loop)
         job = begin(port, loop.create_future(), *args)
-        if type(job) is int:
+        if type(job) is not _Job:
             if job != C_WOULD_BLOCK:
                 await anyio.lowlevel.checkpoint()
             return job
@@ -346,8 +347,26 @@ async def run_job(
     if not always:
         await trio.lowlevel.checkpoint_if_cancelled()
     job = begin(_trio_job_port(), trio.lowlevel.current_task(), *args)
-    if type(job) is int:
+    if type(job) is not _Job:
         if job != C_WOULD_BLOCK:
             await trio.lowlevel.checkpoint()
         return job
     return await _await_trio(job, undo, check)
+
+
+async def run_mem(rsv: Any, args: tuple[Any, ...], what: str, whole: Any = None) -> Any:
+    """A memory operation of the core reservation ``rsv`` (``args``: what ``_mem`` takes) as a
+    job of the executor, or in a worker when it would wait (at the gate, or for a change of
+    the mapping in flight); returns read()'s bytes or None. ``whole``: the core reservation
+    when the operation covers a range of it (for the error's offset)."""
+    from .._core._mapping import mem_outcome
+
+    def check(r: Any) -> Any:
+        return mem_outcome(r, what, whole)
+
+    r = await run_job(rsv._mem_job, args, check)
+    if r is None or type(r) is bytes:
+        return r
+    if r == C_WOULD_BLOCK:
+        r = await run_blocking(rsv._mem, *args)
+    return check(r)

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from .._core import Granularity, Protection, Sharing
+from .._core import Advice, Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
 from .._core._construct import NoPublicConstructor, aclose_on_exit
 from .._ffi import C_WOULD_BLOCK
-from ._dispatch import run_blocking, run_job
+from ._dispatch import run_blocking, run_job, run_mem
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -149,6 +149,100 @@ class Mapping(metaclass=NoPublicConstructor):
             core._unmapped(r)
 
     aclose = unmap
+
+    # -- memory operations (in the executor; see aiopmem.sync.Mapping for the rules) ----------
+
+    @property
+    def locked(self) -> bool:
+        """True while the mapping is locked in memory by ``lock()``."""
+        return self._core.locked
+
+    async def populate(self, offset: int = 0, length: int | None = None) -> None:
+        """Fault the pages of ``[offset, offset+length)`` in from a worker thread (for writing
+        when the mapping has WRITE), so that later loads and stores through views do not
+        page-fault on the event loop.
+
+        Cancellation: a caller cancelled before the call starts nothing; once begun it
+        completes, and the cancellation is delivered when it returns (as for every memory
+        operation below).
+
+        Raises:
+            TypeError, ClosedError, NoAccessError (no READ), OffsetOutOfRangeError,
+            LengthOutOfRangeError, OSError.
+        """
+        core = self._core
+        await run_mem(core._rsv, core._populate_args(offset, length), "populate")
+
+    async def advise(self, advice: Advice, offset: int = 0, length: int | None = None) -> None:
+        """madvise() the range with ``advice``, from a worker thread.
+
+        Raises:
+            TypeError (not an ``Advice``), ClosedError, OffsetOutOfRangeError,
+            LengthOutOfRangeError, OSError.
+        """
+        core = self._core
+        await run_mem(core._rsv, core._advise_args(advice, offset, length), "advise")
+
+    async def protect(self, protection: Protection) -> None:
+        """Change the protection of the whole mapping (mprotect) from a worker thread; waits
+        for memory operations in flight that need the access it takes away.
+
+        Raises:
+            TypeError, ClosedError, BufferError (it would take access away from a live view),
+            NoAccessError (WRITE on a file opened read-only), OSError.
+        """
+        core = self._core
+        await run_mem(core._rsv, core._protect_args(protection), "change the protection")
+
+    async def lock(self) -> None:
+        """Lock the mapping in memory (mlock) from a worker thread. Idempotent.
+
+        Raises:
+            ClosedError, OSError (beyond RLIMIT_MEMLOCK: EPERM or ENOMEM; still unlocked).
+        """
+        core = self._core
+        await run_mem(core._rsv, core._lock_args(True), "lock the mapping")
+
+    async def unlock(self) -> None:
+        """Undo ``lock()`` (munlock) from a worker thread. Idempotent.
+
+        Raises:
+            ClosedError, OSError.
+        """
+        core = self._core
+        await run_mem(core._rsv, core._lock_args(False), "unlock the mapping")
+
+    async def write(self, offset: int, data: object) -> int:
+        """Copy the bytes-like ``data`` into the mapping at ``offset`` in a worker thread (the
+        copy and its page faults never run on the event loop); returns ``len(data)`` in bytes.
+
+        Raises (in this order):
+            TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError,
+            NoAccessError (no WRITE).
+        """
+        core = self._core
+        args = core._write_args(offset, data)
+        await run_mem(core._rsv, args, "write")
+        return args[4] - args[3]
+
+    async def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """A copy of ``[offset, offset+length)`` of the mapping, made in a worker thread.
+
+        Raises: as ``write()`` (NoAccessError: no READ).
+        """
+        core = self._core
+        return await run_mem(core._rsv, core._read_args(offset, length), "read")  # type: ignore[no-any-return]
+
+    async def read_into(self, buffer: object, offset: int = 0) -> int:
+        """Fill the writable ``buffer`` with ``len(buffer)`` bytes from ``offset``, in a worker
+        thread; returns that number.
+
+        Raises: as ``read()`` (TypeError: not a writable buffer).
+        """
+        core = self._core
+        args = core._read_into_args(buffer, offset)
+        await run_mem(core._rsv, args, "read")
+        return args[4] - args[3]
 
     async def __aenter__(self) -> Mapping:
         return self

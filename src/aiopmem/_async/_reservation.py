@@ -19,6 +19,8 @@ Cancellation policy (each method's docstring says which case applies to it):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from typing import Any, final
@@ -33,7 +35,7 @@ from .._core._reservation import MapPlan, c_offset_length, file_refusal
 from .._core._source import FileSource
 from .._ffi import C_CLOSED as _C_CLOSED
 from .._ffi import C_WOULD_BLOCK
-from ._dispatch import run_blocking, run_job
+from ._dispatch import run_blocking, run_job, run_mem
 from ._mapping import Mapping
 from ._opening import Opening
 
@@ -159,6 +161,7 @@ class Reservation(metaclass=NoPublicConstructor):
         file_offset: int = 0,
         protection: Protection = _RW,
         sharing: Sharing = Sharing.SHARED,
+        populate: bool = False,
     ) -> Opening[Mapping]:
         """Map ``file`` at ``offset``; await the result, or use it with ``async with``.
 
@@ -170,10 +173,10 @@ class Reservation(metaclass=NoPublicConstructor):
         either the mapping exists and the caller has it, or it does not exist. Leaving
         ``async with`` unmaps, shielded from cancellation.
         """
-        return Opening(
-            partial(self._map_file, file, offset, length, file_offset, protection, sharing),
-            "aiopmem.Reservation.map_file()",
-        )
+        call = partial(self._map_file, file, offset, length, file_offset, protection, sharing)
+        if populate:
+            call = partial(self._populated, call)
+        return Opening(call, "aiopmem.Reservation.map_file()")
 
     def map_anonymous(
         self,
@@ -182,16 +185,31 @@ class Reservation(metaclass=NoPublicConstructor):
         *,
         protection: Protection = _RW,
         sharing: Sharing = Sharing.SHARED,
+        populate: bool = False,
     ) -> Opening[Mapping]:
         """Map ``length`` bytes of zero-filled memory at ``offset``; await the result, or use it
         with ``async with``. Errors as ``aiopmem.sync.Reservation.map_anonymous``.
 
         Cancellation: as ``map_file``.
         """
-        return Opening(
-            partial(self._map_anonymous, offset, length, protection, sharing),
-            "aiopmem.Reservation.map_anonymous()",
-        )
+        call = partial(self._map_anonymous, offset, length, protection, sharing)
+        if populate:
+            call = partial(self._populated, call)
+        return Opening(call, "aiopmem.Reservation.map_anonymous()")
+
+    @staticmethod
+    async def _populated(make: Callable[[], Awaitable[Mapping]]) -> Mapping:
+        """``populate=True``: the new mapping's pages faulted in (in the executor) as part of
+        the map. If that fails, or the caller is cancelled meanwhile, the mapping is unmapped
+        again: the map did not happen."""
+        m = await make()
+        try:
+            await m.populate()
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await m.unmap()
+            raise
+        return m
 
     async def _map_file(
         self,
@@ -257,6 +275,60 @@ class Reservation(metaclass=NoPublicConstructor):
         if r == C_WOULD_BLOCK or (check_fd and r != _C_CLOSED):
             return None
         raise core._map_refusal(r, offset, n, bits, kind)
+
+    # -- memory operations over a range (see aiopmem.sync.Reservation for the rules) ----------
+
+    async def write(self, offset: int, data: object) -> int:
+        """Copy the bytes-like ``data`` to ``[offset, offset + len(data))`` of the reservation,
+        across mappings back to back, in a worker thread (the copy and its page faults never
+        run on the event loop); returns ``len(data)`` in bytes.
+
+        Cancellation: a caller cancelled before the call starts nothing; once begun the copy
+        completes, and the cancellation is delivered when it returns (as for the methods below).
+
+        Raises (in this order):
+            TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError,
+            NoAccessError (a byte not mapped or without WRITE; checked before any is copied).
+        """
+        core = self._core
+        args = core._write_args(offset, data)
+        await run_mem(core, args, "write", core)
+        return args[4] - args[3]
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """A copy of ``[offset, offset+length)`` of the reservation, made in a worker thread.
+
+        Raises: as ``write()`` (NoAccessError: not mapped, or without READ).
+        """
+        core = self._core
+        return await run_mem(core, core._read_args(offset, length), "read", core)  # type: ignore[no-any-return]
+
+    async def read_into(self, buffer: object, offset: int) -> int:
+        """Fill the writable ``buffer`` with ``len(buffer)`` bytes from ``offset`` of the
+        reservation, in a worker thread; returns that number. Raises: as ``read()``."""
+        core = self._core
+        args = core._read_into_args(buffer, offset)
+        await run_mem(core, args, "read", core)
+        return args[4] - args[3]
+
+    async def populate(self, offset: int = 0, length: int | None = None) -> None:
+        """Fault in the pages of ``[offset, offset+length)`` (default: all of the reservation)
+        in a worker thread, each mapping for writing when it has WRITE.
+
+        Raises: TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError,
+        NoAccessError (not mapped, or without READ), OSError.
+        """
+        core = self._core
+        await run_mem(core, core._populate_args(offset, length), "populate", core)
+
+    async def persist(self, offset: int = 0, length: int | None = None) -> None:
+        """Make every shared file mapping in ``[offset, offset+length)`` durable (msync) from a
+        worker thread; private and anonymous mappings and unmapped parts are skipped.
+
+        Raises: TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError, OSError.
+        """
+        core = self._core
+        await run_mem(core, core._persist_args(offset, length), "persist", core)
 
     # -- extent ----------------------------------------------------------------------------------
 
@@ -333,7 +405,11 @@ def _core_of(mapping: object) -> Any:
 
 
 def reserve(
-    size: int, *, address: int | None = None, max_size: int | None = None
+    size: int,
+    *,
+    address: int | None = None,
+    max_size: int | None = None,
+    alignment: int | None = None,
 ) -> Opening[Reservation]:
     """Reserve ``size`` bytes of address space as an inaccessible placeholder.
 
@@ -344,7 +420,7 @@ def reserve(
     Cancellation: a caller cancelled before the call starts gets nothing; a reservation made for
     a caller cancelled meanwhile is closed again before the cancellation propagates.
     """
-    return Opening(partial(_reserve, size, address, max_size), "aiopmem.reserve()")
+    return Opening(partial(_reserve, size, address, max_size, alignment), "aiopmem.reserve()")
 
 
 def _unmap_core(mapping: _core.Mapping) -> None:
@@ -355,8 +431,9 @@ def _close_core(rsv: _core.Reservation) -> None:
     rsv.close()
 
 
-async def _reserve(size: int, address: int | None, max_size: int | None) -> Reservation:
-    core = await run_blocking(
-        partial(_core.reserve, size, address=address, max_size=max_size), undo=_close_core
-    )
+async def _reserve(
+    size: int, address: int | None, max_size: int | None, alignment: int | None
+) -> Reservation:
+    call = partial(_core.reserve, size, address=address, max_size=max_size, alignment=alignment)
+    core = await run_blocking(call, undo=_close_core)
     return Reservation._create(core)

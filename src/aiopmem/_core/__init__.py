@@ -1,9 +1,10 @@
 """The synchronous, thread-safe implementation. Imports ``aiopmem._ffi``, never anyio."""
 
 from ._align import ALIGNMENT
-from ._enums import Granularity, Protection, Sharing
+from ._enums import Advice, Granularity, Protection, Sharing
 from ._errors import (
     AddressUnalignedError,
+    AlignmentError,
     ClosedError,
     InvalidFileHandleError,
     InvalidFileTypeError,
@@ -25,6 +26,8 @@ from ._reservation import Reservation, reserve
 __all__ = [
     "ALIGNMENT",
     "AddressUnalignedError",
+    "Advice",
+    "AlignmentError",
     "ClosedError",
     "Granularity",
     "InvalidFileHandleError",

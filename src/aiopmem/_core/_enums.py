@@ -6,7 +6,7 @@ import enum
 
 from .. import _ffi
 
-__all__ = ["Granularity", "Protection", "Sharing", "prot_bits"]
+__all__ = ["Advice", "Granularity", "Protection", "Sharing", "prot_bits"]
 
 
 class Protection(enum.Flag):
@@ -38,6 +38,28 @@ class Granularity(enum.Enum):
     BYTE = 0
     CACHE_LINE = 1
     PAGE = 2
+
+
+class Advice(enum.Enum):
+    """What ``Mapping.advise()`` tells the kernel about a range (``madvise``'s ``MADV_*``; the
+    values are the kernel's numbers).
+
+    ``NORMAL``, ``RANDOM``, ``SEQUENTIAL``: the expected access pattern (read-ahead).
+    ``WILLNEED``: read the range in ahead of use. ``DONTNEED``: drop the pages (a shared file
+    mapping reads them back from the file, a private or anonymous one then reads zeros).
+    ``HUGEPAGE``/``NOHUGEPAGE``: allow or forbid transparent huge pages. ``COLD``: the pages
+    are first in line for reclaim; ``PAGEOUT``: reclaim them now (Linux 5.4+).
+    """
+
+    NORMAL = _ffi.MADV_NORMAL
+    RANDOM = _ffi.MADV_RANDOM
+    SEQUENTIAL = _ffi.MADV_SEQUENTIAL
+    WILLNEED = _ffi.MADV_WILLNEED
+    DONTNEED = _ffi.MADV_DONTNEED
+    HUGEPAGE = _ffi.MADV_HUGEPAGE
+    NOHUGEPAGE = _ffi.MADV_NOHUGEPAGE
+    COLD = _ffi.MADV_COLD
+    PAGEOUT = _ffi.MADV_PAGEOUT
 
 
 _PROT_BITS = {

@@ -152,6 +152,14 @@ class NoAccessError(PmemError, PermissionError):
 
 
 @final
+class AlignmentError(PmemError, ValueError):
+    """An alignment that is not a power of two multiple of ``ALIGNMENT`` (``reserve()``)."""
+
+    code = "PMEM2_E_INVALID_ALIGNMENT_VALUE"
+    value = -100013
+
+
+@final
 class ClosedError(PmemError, ValueError):
     """The reservation or mapping has been closed (unmapped)."""
 

@@ -11,19 +11,20 @@ object can reach unmapped memory.
 
 from __future__ import annotations
 
+import errno as _errno
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, TypeAlias, final
 
 from .. import _ffi
 from ._align import align_down, align_up, as_int, as_optional_int
 from ._construct import NoPublicConstructor, close_on_exit
-from ._enums import Granularity, Protection, Sharing
+from ._enums import Advice, Granularity, Protection, Sharing, prot_bits
 from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOutOfRangeError
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
 
-__all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping", "busy_error"]
+__all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping", "MemArgs", "busy_error", "bytes_view"]
 
 OPEN: Final = _ffi.ST_OPEN
 UNMAPPING: Final = _ffi.ST_UNMAPPING
@@ -31,6 +32,25 @@ CLOSED: Final = _ffi.ST_CLOSED
 _BUSY_BASE: Final = _ffi.C_BUSY_BASE
 _C_CLOSED: Final = _ffi.C_CLOSED
 _C_HOLE_NOTED: Final = _ffi.C_HOLE_NOTED
+_C_NOACCESS: Final = _ffi.C_NOACCESS
+_PROT_READ: Final = _ffi.PROT_READ
+_PROT_WRITE: Final = _ffi.PROT_WRITE
+_POPULATE: Final = _ffi.MEM_POPULATE
+_ADVISE: Final = _ffi.MEM_ADVISE
+_LOCK: Final = _ffi.MEM_LOCK
+_UNLOCK: Final = _ffi.MEM_UNLOCK
+_PROTECT: Final = _ffi.MEM_PROTECT
+_WRITE: Final = _ffi.MEM_WRITE
+_READ: Final = _ffi.MEM_READ
+#: Protection by PROT_* bits (the same numbers: READ 1, WRITE 2, EXEC 4): the C core picks the
+#: protection views get while a protect() is in flight from it.
+_BY_BITS: Final = tuple(Protection(v) for v in range(8))
+assert all(prot_bits(p) == p.value for p in _BY_BITS)
+
+#: What ``ReservationBase._mem`` and ``_mem_job`` take: kind, arg, mapping (None: a range of
+#: the reservation), absolute [lo, hi), the access needed, and the buffer (or protect's table).
+MemArgs: TypeAlias = "tuple[int, int, Mapping | None, int, int, int, object]"
+
 #: Granularity by the C code of the mapping (``_gran``).
 _GRANULARITY: Final = (Granularity.BYTE, Granularity.CACHE_LINE, Granularity.PAGE)
 
@@ -41,6 +61,58 @@ def busy_error(code: int, what: str) -> BufferError:
     return BufferError(
         f"cannot {what}: {alive} view(s) of its memory (memoryviews, slices of them, "
         "view.obj, or objects built on them such as numpy arrays) are still alive"
+    )
+
+
+def bytes_view(data: object, writable: bool = False) -> memoryview:
+    """``data`` as a flat memoryview of bytes (what the copies take): ``TypeError`` for an
+    object without the buffer protocol, a non-contiguous buffer, or a read-only one when
+    ``writable``."""
+    try:
+        mv = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        what = "a writable bytes-like object" if writable else "a bytes-like object"
+        raise TypeError(f"{what} is required, not {type(data).__name__}") from None
+    if writable and mv.readonly:
+        raise TypeError(f"a writable buffer is required ({type(data).__name__} is read-only)")
+    if not mv.c_contiguous:
+        raise TypeError("a C-contiguous buffer is required")
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def mem_outcome(r: object, what: str, rsv: Reservation | None = None) -> bytes | None:
+    """Raise what a memory operation's outcome stands for; return read()'s bytes (or None).
+    ``rsv``: the reservation whose range the operation covered (for NoAccessError's offset)."""
+    if r == 0:
+        return None
+    if type(r) is bytes:
+        return r
+    if type(r) is tuple:  # (C_NOACCESS, address of the first byte without the access)
+        raise no_access(r[1], what, rsv)
+    assert type(r) is int
+    if r == _C_CLOSED:
+        raise ClosedError(
+            "the reservation is closed" if rsv is not None else "the mapping is unmapped"
+        )
+    if r <= _BUSY_BASE:
+        raise busy_error(r, f"{what} (it would take access away)")
+    if r == _errno.EACCES:
+        raise NoAccessError(f"the kernel refused to {what}: {_ffi.strerror(r)}")
+    raise OSError(r, _ffi.strerror(r))
+
+
+def no_access(address: int, what: str, rsv: Reservation | None) -> NoAccessError:
+    if rsv is None:
+        return NoAccessError(f"cannot {what}: the mapping lacks the access needed")
+    off = address - rsv.address
+    m = rsv.find(off)
+    if m is None:
+        return NoAccessError(f"cannot {what}: offset {off:#x} of the reservation is not mapped")
+    return NoAccessError(
+        f"cannot {what}: offset {off:#x} of the reservation is mapped with {m.protection}, "
+        "without the access needed"
     )
 
 
@@ -81,6 +153,7 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         _file: str | int | None
         _state: int
         _pins: int
+        _locked: int
         _views: list[object]
         #: The async layer's object for this mapping (set by it, opaque here).
         _facade: object | None
@@ -204,6 +277,173 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
             if err == _C_CLOSED:
                 raise ClosedError("the mapping is unmapped")
             raise OSError(err, _ffi.strerror(err))
+
+    # -- memory operations -------------------------------------------------------------------
+
+    @property
+    def locked(self) -> bool:
+        """True while the mapping is locked in memory by ``lock()``."""
+        return bool(self._locked)
+
+    def _open_range(
+        self, offset: object, length: object, access: Protection | None
+    ) -> tuple[int, int]:
+        """A memory operation's checks as ``view()``'s (closed, access, range): absolute
+        ``[lo, hi)``."""
+        off, n = as_int(offset, "offset"), as_optional_int(length, "length")
+        if self._state != OPEN:
+            raise ClosedError("the mapping is unmapped")
+        if access is not None and access not in self._protection:
+            raise NoAccessError(f"the mapping's protection {self._protection} lacks {access.name}")
+        off, n = _range(off, n, self._size)
+        return self._addr + off, self._addr + off + n
+
+    def _copy_range(self, offset: object, n: int | None, access: Protection) -> tuple[int, int]:
+        """The copies' checks, in the contract's order: closed, offset, length, access
+        (``n`` None: to the end)."""
+        off = as_int(offset, "offset")
+        if self._state != OPEN:
+            raise ClosedError("the mapping is unmapped")
+        size = self._size
+        if off < 0 or off > size:
+            raise OffsetOutOfRangeError(f"offset {off} is outside the mapping [0, {size}]")
+        if n is None:
+            n = size - off
+        elif n < 0 or off + n > size:
+            raise LengthOutOfRangeError(
+                f"{n} bytes at offset {off} reach outside the mapping of {size} bytes"
+            )
+        if access not in self._protection:
+            raise NoAccessError(f"the mapping's protection {self._protection} lacks {access.name}")
+        return self._addr + off, self._addr + off + n
+
+    def _populate_args(self, offset: object = 0, length: object = None) -> MemArgs:
+        lo, hi = self._open_range(offset, length, Protection.READ)
+        return _POPULATE, 0, self, lo, hi, _PROT_READ, None
+
+    def _advise_args(self, advice: object, offset: object = 0, length: object = None) -> MemArgs:
+        if type(advice) is not Advice:
+            raise TypeError(f"advice must be an aiopmem.Advice, not {type(advice).__name__}")
+        lo, hi = self._open_range(offset, length, None)
+        return _ADVISE, advice.value, self, lo, hi, 0, None
+
+    def _protect_args(self, protection: object) -> MemArgs:
+        if type(protection) is not Protection:
+            raise TypeError(
+                f"protection must be an aiopmem.Protection, not {type(protection).__name__}"
+            )
+        if self._state != OPEN:
+            raise ClosedError("the mapping is unmapped")
+        bits = prot_bits(protection)
+        return _PROTECT, bits, self, self._addr, self._addr + self._size, 0, (protection, _BY_BITS)
+
+    def _lock_args(self, lock: bool) -> MemArgs:
+        if self._state != OPEN:
+            raise ClosedError("the mapping is unmapped")
+        return (_LOCK if lock else _UNLOCK), 0, self, self._addr, self._addr + self._size, 0, None
+
+    def _write_args(self, offset: object, data: object) -> MemArgs:
+        mv = bytes_view(data)
+        lo, hi = self._copy_range(offset, mv.nbytes, Protection.WRITE)
+        return _WRITE, 0, self, lo, hi, _PROT_WRITE, mv
+
+    def _read_args(self, offset: object = 0, length: object = None) -> MemArgs:
+        lo, hi = self._copy_range(offset, as_optional_int(length, "length"), Protection.READ)
+        return _READ, 0, self, lo, hi, _PROT_READ, None
+
+    def _read_into_args(self, buffer: object, offset: object = 0) -> MemArgs:
+        mv = bytes_view(buffer, writable=True)
+        lo, hi = self._copy_range(offset, mv.nbytes, Protection.READ)
+        return _READ, 0, self, lo, hi, _PROT_READ, mv
+
+    def populate(self, offset: int = 0, length: int | None = None) -> None:
+        """Fault the pages of ``[offset, offset+length)`` in now (for writing when the mapping
+        has WRITE, else for reading), so that later loads and stores through views do not
+        page-fault. Uses MADV_POPULATE_WRITE/READ (Linux 5.14+), else touches each page.
+
+        Raises:
+            TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError: as ``view()``.
+            NoAccessError: the mapping lacks READ.
+            OSError: the kernel refused (e.g. ENOMEM, EFAULT past the end of a truncated file).
+        """
+        mem_outcome(self._rsv._mem(*self._populate_args(offset, length)), "populate")
+
+    def advise(self, advice: Advice, offset: int = 0, length: int | None = None) -> None:
+        """madvise() ``[offset, offset+length)`` (rounded out to whole pages) with ``advice``.
+
+        Raises:
+            TypeError: ``advice`` is not an ``Advice`` (or an argument not an integer).
+            ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError: as ``view()``.
+            OSError: the kernel refused (e.g. EINVAL: HUGEPAGE without THP support).
+        """
+        mem_outcome(self._rsv._mem(*self._advise_args(advice, offset, length)), "advise")
+
+    def protect(self, protection: Protection) -> None:
+        """Change the protection of the whole mapping (mprotect). ``protection`` then reports
+        the new value and later views follow it; views already made keep their access.
+
+        Raises:
+            TypeError: ``protection`` is not a ``Protection``.
+            ClosedError: the mapping is unmapped.
+            BufferError: it takes READ or WRITE away while a view (or an object built on one)
+                is alive; nothing changed.
+            NoAccessError: WRITE on a shared mapping of a file opened read-only.
+            OSError: the kernel refused; nothing changed.
+        """
+        mem_outcome(self._rsv._mem(*self._protect_args(protection)), "change the protection")
+
+    def lock(self) -> None:
+        """Lock the mapping in memory (mlock): resident now, never swapped. Idempotent.
+
+        Raises:
+            ClosedError: the mapping is unmapped.
+            OSError: beyond RLIMIT_MEMLOCK (EPERM or ENOMEM), or EAGAIN; still unlocked.
+        """
+        mem_outcome(self._rsv._mem(*self._lock_args(True)), "lock the mapping")
+
+    def unlock(self) -> None:
+        """Undo ``lock()`` (munlock). Idempotent.
+
+        Raises:
+            ClosedError: the mapping is unmapped.
+            OSError: the kernel refused.
+        """
+        mem_outcome(self._rsv._mem(*self._lock_args(False)), "unlock the mapping")
+
+    def write(self, offset: int, data: object) -> int:
+        """Copy the bytes-like ``data`` into the mapping at ``offset``; returns ``len(data)``
+        in bytes. The copy runs with the GIL released.
+
+        Raises (in this order):
+            TypeError: ``data`` is not a (C-contiguous) bytes-like object, or ``offset`` not an
+                integer.
+            ClosedError: the mapping is unmapped.
+            OffsetOutOfRangeError: ``offset`` outside ``[0, size]``.
+            LengthOutOfRangeError: ``offset + len(data) > size``.
+            NoAccessError: the mapping lacks WRITE.
+        """
+        args = self._write_args(offset, data)
+        mem_outcome(self._rsv._mem(*args), "write")
+        return args[4] - args[3]
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """A copy of ``[offset, offset+length)`` of the mapping (default: to the end).
+
+        Raises: as ``write()`` (NoAccessError: the mapping lacks READ).
+        """
+        r = mem_outcome(self._rsv._mem(*self._read_args(offset, length)), "read")
+        assert r is not None
+        return r
+
+    def read_into(self, buffer: object, offset: int = 0) -> int:
+        """Fill the writable buffer ``buffer`` with ``len(buffer)`` bytes (in bytes) from
+        ``offset``; returns that number.
+
+        Raises: as ``write()`` (TypeError: not a writable buffer; NoAccessError: no READ).
+        """
+        args = self._read_into_args(buffer, offset)
+        mem_outcome(self._rsv._mem(*args), "read")
+        return args[4] - args[3]
 
     # -- unmap ---------------------------------------------------------------------------------
 

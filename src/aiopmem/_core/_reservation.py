@@ -36,6 +36,7 @@ from ._describe import Layout, Row, render
 from ._enums import Protection, Sharing, prot_bits
 from ._errors import (
     AddressUnalignedError,
+    AlignmentError,
     ClosedError,
     InvalidFileHandleError,
     LengthOutOfRangeError,
@@ -50,7 +51,7 @@ from ._errors import (
     SourceEmptyError,
     os_error,
 )
-from ._mapping import Mapping, busy_error
+from ._mapping import Mapping, MemArgs, busy_error, bytes_view, mem_outcome
 from ._placement import default_headroom
 from ._source import WRITE_HINT, FileSource, Source, fd_error, open_source
 
@@ -87,6 +88,21 @@ _C_OFF_NEGATIVE: Final = _ffi.C_OFF_NEGATIVE
 _C_NO_FIT: Final = _ffi.C_NO_FIT
 _C_EXISTS: Final = _ffi.C_EXISTS
 _C_BUSY_BASE: Final = _ffi.C_BUSY_BASE
+_MEM_PERSIST: Final = _ffi.MEM_PERSIST
+_MEM_POPULATE: Final = _ffi.MEM_POPULATE
+_MEM_WRITE: Final = _ffi.MEM_WRITE
+_MEM_READ: Final = _ffi.MEM_READ
+
+
+def populated(m: Mapping) -> Mapping:
+    """``m`` after ``populate()`` (``populate=True`` of a map): unmapped again if that fails."""
+    try:
+        m.populate()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            m.unmap()
+        raise
+    return m
 
 
 #: What ``_map_at`` takes: offset, length, protection, sharing, PROT bits, kind, fd,
@@ -227,6 +243,7 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         file_offset: int = 0,
         protection: Protection = _RW,
         sharing: Sharing = Sharing.SHARED,
+        populate: bool = False,
     ) -> Mapping:
         """Map ``length`` bytes of ``file`` from ``file_offset`` at ``offset`` of the reservation.
 
@@ -235,7 +252,8 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         object with ``fileno()``. ``length=None`` or ``0`` maps to the end of the file; a file
         whose size is not a multiple of ALIGNMENT then gets a partial last page. The mapping is
         placed exactly at ``address + offset`` and occupies ``[offset, offset +
-        round_up(length))`` of the reservation.
+        round_up(length))`` of the reservation. ``populate=True`` faults every page in as part
+        of the map, as ``Mapping.populate()`` does (if that fails, the map is undone).
 
         Raises (checked in this order):
             TypeError: an argument of the wrong type.
@@ -309,12 +327,13 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
                     raise _beyond_error(file_offset, n, size, label)
             kind = _FILE_SHARED if shared else _FILE_PRIVATE
             dev = _last_dev() if kind == _FILE_SHARED else 0
-            return self._map_at(
+            m = self._map_at(
                 offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label
             )
         finally:
             if src is not None:
                 src.close()
+        return populated(m) if populate else m
 
     def map_anonymous(
         self,
@@ -323,8 +342,10 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         *,
         protection: Protection = _RW,
         sharing: Sharing = Sharing.SHARED,
+        populate: bool = False,
     ) -> Mapping:
-        """Map ``length`` bytes of zero-filled memory at ``offset`` of the reservation.
+        """Map ``length`` bytes of zero-filled memory at ``offset`` of the reservation
+        (``populate=True``: and fault every page in, as ``map_file()``).
 
         Raises (checked in this order):
             TypeError: an argument of the wrong type.
@@ -336,7 +357,8 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             MappingExistsError: the range overlaps an existing or in-flight mapping.
             OSError: the kernel refused (e.g. ENOMEM); the range stays a placeholder.
         """
-        return self._map_at(*self._anon_plan(offset, length, protection, sharing))
+        m = self._map_at(*self._anon_plan(offset, length, protection, sharing))
+        return populated(m) if populate else m
 
     def _anon_plan(
         self, offset: int, length: int, protection: Protection, sharing: Sharing
@@ -588,23 +610,12 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             LengthOutOfRangeError: length negative or reaching past the end.
             NoAccessError: part of the range is not mapped, or a mapping in it lacks READ.
         """
-        off = as_int(offset, "offset")
-        n = as_optional_int(length, "length")
-        if self.closed:
-            raise ClosedError("the reservation is closed")
-        size = self.size
-        if off < 0 or off > size:
-            raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
-        if n is None:
-            n = size - off
-        elif n < 0 or off + n > size:
-            raise LengthOutOfRangeError(
-                f"length {n} at offset {off} reaches outside the reservation of {size} bytes"
-            )
-        if n == 0:
+        lo, hi = self._span(offset, as_optional_int(length, "length"))
+        if lo == hi:
             return memoryview(b"")
         base = self.address
-        r = self._rview(base + off, base + off + n)
+        off, n = lo - base, hi - lo
+        r = self._rview(lo, hi)
         if type(r) is memoryview:
             return r
         if r == _C_CLOSED:
@@ -615,6 +626,100 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             f"[{r[1] - base:#x}, {r[2] - base:#x}) of the reservation is not "
             f"mapped (the view asked for [{off:#x}, {off + n:#x}))"
         )
+
+    # -- memory operations over a range -------------------------------------------------------
+
+    def _span(self, offset: object, length: int | None) -> tuple[int, int]:
+        """``[offset, offset+length)`` of the reservation (None: to the end), checked: absolute
+        ``[lo, hi)``."""
+        off = as_int(offset, "offset")
+        if self.closed:
+            raise ClosedError("the reservation is closed")
+        size = self.size
+        if off < 0 or off > size:
+            raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
+        if length is None:
+            length = size - off
+        elif length < 0 or off + length > size:
+            raise LengthOutOfRangeError(
+                f"length {length} at offset {off} reaches outside the reservation of {size} bytes"
+            )
+        base = self.address
+        return base + off, base + off + length
+
+    def _write_args(self, offset: object, data: object) -> MemArgs:
+        mv = bytes_view(data)
+        lo, hi = self._span(offset, mv.nbytes)
+        return _MEM_WRITE, 0, None, lo, hi, _ffi.PROT_WRITE, mv
+
+    def _read_args(self, offset: object, length: object) -> MemArgs:
+        lo, hi = self._span(offset, as_int(length, "length"))
+        return _MEM_READ, 0, None, lo, hi, _ffi.PROT_READ, None
+
+    def _read_into_args(self, buffer: object, offset: object) -> MemArgs:
+        mv = bytes_view(buffer, writable=True)
+        lo, hi = self._span(offset, mv.nbytes)
+        return _MEM_READ, 0, None, lo, hi, _ffi.PROT_READ, mv
+
+    def _populate_args(self, offset: object, length: object) -> MemArgs:
+        lo, hi = self._span(offset, as_optional_int(length, "length"))
+        return _MEM_POPULATE, 0, None, lo, hi, _ffi.PROT_READ, None
+
+    def _persist_args(self, offset: object, length: object) -> MemArgs:
+        lo, hi = self._span(offset, as_optional_int(length, "length"))
+        return _MEM_PERSIST, 0, None, lo, hi, 0, None
+
+    def write(self, offset: int, data: object) -> int:
+        """Copy the bytes-like ``data`` to ``[offset, offset + len(data))`` of the reservation,
+        across mappings that sit back to back; returns ``len(data)`` in bytes. The copy runs
+        with the GIL released; every byte is checked before any is copied.
+
+        Raises (in this order):
+            TypeError: ``data`` is not a (C-contiguous) bytes-like object, or ``offset`` not an
+                integer.
+            ClosedError: the reservation is closed.
+            OffsetOutOfRangeError: ``offset`` outside ``[0, size]``.
+            LengthOutOfRangeError: the range reaches past the end.
+            NoAccessError: a byte of the range is not mapped, or mapped without WRITE (the
+                message names the first such offset).
+        """
+        args = self._write_args(offset, data)
+        mem_outcome(self._mem(*args), "write", self)
+        return args[4] - args[3]
+
+    def read(self, offset: int, length: int) -> bytes:
+        """A copy of ``[offset, offset+length)`` of the reservation, across mappings back to
+        back. Raises: as ``write()`` (NoAccessError: not mapped, or mapped without READ)."""
+        r = mem_outcome(self._mem(*self._read_args(offset, length)), "read", self)
+        assert r is not None
+        return r
+
+    def read_into(self, buffer: object, offset: int) -> int:
+        """Fill the writable ``buffer`` with ``len(buffer)`` bytes (in bytes) from ``offset``
+        of the reservation; returns that number. Raises: as ``read()`` (TypeError: not a
+        writable buffer)."""
+        args = self._read_into_args(buffer, offset)
+        mem_outcome(self._mem(*args), "read", self)
+        return args[4] - args[3]
+
+    def populate(self, offset: int = 0, length: int | None = None) -> None:
+        """Fault in the pages of ``[offset, offset+length)`` of the reservation (default: all
+        of it), each mapping for writing when it has WRITE, as ``Mapping.populate()``.
+
+        Raises: TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError;
+        NoAccessError: a byte of the range is not mapped or lacks READ; OSError.
+        """
+        mem_outcome(self._mem(*self._populate_args(offset, length)), "populate", self)
+
+    def persist(self, offset: int = 0, length: int | None = None) -> None:
+        """Make every shared file mapping in ``[offset, offset+length)`` of the reservation
+        durable (msync of the covering pages). Private and anonymous mappings need no syscall;
+        unmapped parts are skipped.
+
+        Raises: TypeError, ClosedError, OffsetOutOfRangeError, LengthOutOfRangeError; OSError
+        (e.g. EIO).
+        """
+        mem_outcome(self._mem(*self._persist_args(offset, length)), "persist", self)
 
     # -- describe (plain, never waits for a syscall) -------------------------------------------
 
@@ -702,12 +807,21 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
         return self._values()
 
 
-def reserve(size: int, *, address: int | None = None, max_size: int | None = None) -> Reservation:
+def reserve(
+    size: int,
+    *,
+    address: int | None = None,
+    max_size: int | None = None,
+    alignment: int | None = None,
+) -> Reservation:
     """Reserve ``size`` bytes of address space as an inaccessible placeholder.
 
     With ``address``, the reservation is placed exactly there or not at all. ``max_size`` keeps
     ``[address, address + max_size)`` so that ``extend()`` up to it cannot fail; without it, a
     default headroom of ``max(size, 1 GiB)`` is taken where free (see ``docs/design.md``).
+    ``alignment`` (a power of two multiple of ALIGNMENT, e.g. 2 MiB for transparent huge pages):
+    the address is a multiple of it; the address space taken only to get there is given back at
+    once.
 
     Raises (checked in this order):
         TypeError: an argument is not an integer.
@@ -716,6 +830,8 @@ def reserve(size: int, *, address: int | None = None, max_size: int | None = Non
         LengthOutOfRangeError: ``size <= 0``, or too large for the platform.
         LengthUnalignedError: ``max_size`` unaligned.
         LengthOutOfRangeError: ``max_size < size``, or too large for the platform.
+        AlignmentError: ``alignment`` not a power of two, or not a multiple of ALIGNMENT.
+        AddressUnalignedError: ``address`` not a multiple of ``alignment``.
         OSError(EINVAL): ``address`` negative, or the range would pass the end of the address space.
         MappingExistsError: with ``address``, part of the range is occupied.
         OSError: the kernel refused (e.g. ENOMEM above the user address space).
@@ -738,10 +854,19 @@ def reserve(size: int, *, address: int | None = None, max_size: int | None = Non
             raise LengthOutOfRangeError(f"max_size {limit} is smaller than size {n}")
         if limit >= ADDRESS_LIMIT:
             raise LengthOutOfRangeError(f"max_size {limit} is larger than the address space")
+    align = 0
+    if alignment is not None:
+        align = as_int(alignment, "alignment")
+        if align <= 0 or align & (align - 1) or align & _MASK:
+            raise AlignmentError(f"alignment {align} is not a power of two multiple of {ALIGNMENT}")
+        if addr is not None and addr % align:
+            raise AddressUnalignedError(f"address {addr:#x} is not a multiple of {align:#x}")
     held = n if limit is None else limit
     if addr is not None and (addr < 0 or addr + held > ADDRESS_LIMIT):
         raise os_error(errno.EINVAL)
-    r = _ffi.reserve(Reservation, addr, n, limit, default_headroom(n))
+    if align >= ADDRESS_LIMIT:
+        raise os_error(errno.ENOMEM)  # no address but 0 is a multiple of it
+    r = _ffi.reserve(Reservation, addr, n, limit, default_headroom(n), align)
     if type(r) is int:
         if r == _C_EXISTS:
             assert addr is not None

@@ -300,7 +300,18 @@ live(PyObject *module, PyObject *lists)
  * is 0). The registry is read without the GIL (syscalls run without it) under inj_mu; an
  * Injection is referenced by the registry while pushed, and a caller copies what it needs
  * under the mutex, so nothing touches an Injection after it is popped. */
-enum { SC_MMAP, SC_MUNMAP, SC_MSYNC, SC_MADVISE, SC_OPEN, SC_FSTAT, SC_COUNT };
+enum {
+    SC_MMAP,
+    SC_MUNMAP,
+    SC_MSYNC,
+    SC_MADVISE,
+    SC_OPEN,
+    SC_FSTAT,
+    SC_MPROTECT,
+    SC_MLOCK,
+    SC_MUNLOCK,
+    SC_COUNT
+};
 #define INJ_DEPTH 64
 
 typedef struct {
@@ -622,14 +633,56 @@ take_headroom_after(uint64_t end, uint64_t wanted, uint64_t *got)
     return 0;
 }
 
-/* Take `size` bytes anywhere plus up to `wanted` of headroom behind them. */
+/* Of the `got` bytes mapped at *addr, keep the `keep` bytes from the first multiple of `align`
+   and give the rest back: 0 (*addr moved there) or munmap's errno (all of it given back). */
 static int
-take_range_with_headroom(uint64_t size, uint64_t wanted, uint64_t *addr, uint64_t *held)
+trim_to_alignment(uint64_t *addr, uint64_t got, uint64_t align, uint64_t keep)
 {
-    u128 room = ((u128)1 << 64) - page_size - size;
+    uint64_t start = *addr, a = (start + align - 1) & ~(align - 1);
+    int e = 0;
+    if (a > start)
+        e = sys_munmap(start, a - start);
+    if (!e && a + keep < start + got)
+        e = sys_munmap(a + keep, start + got - (a + keep));
+    if (e) {
+        (void)sys_munmap(start, got);
+        return e;
+    }
+    *addr = a;
+    return 0;
+}
+
+/* The bytes to map beyond what is kept so that a multiple of `align` can be found in them. */
+static uint64_t
+alignment_pad(uint64_t align)
+{
+    return align > page_size ? align - page_size : 0;
+}
+
+/* Take `held` bytes anywhere, at a multiple of `align` (0 or a power of two). */
+static int
+take_range_aligned(uint64_t held, uint64_t align, uint64_t *addr)
+{
+    uint64_t pad = alignment_pad(align);
+    if (held + pad < held)
+        return ENOMEM;
+    int e = sys_mmap_anywhere(held + pad, PROT_NONE, PH_FLAGS, addr);
+    return e || !pad ? e : trim_to_alignment(addr, held + pad, align, held);
+}
+
+/* Take `size` bytes anywhere (at a multiple of `align`) plus up to `wanted` of headroom
+   behind them. */
+static int
+take_range_with_headroom(uint64_t size, uint64_t wanted, uint64_t align, uint64_t *addr,
+                         uint64_t *held)
+{
+    uint64_t pad = alignment_pad(align);
+    u128 room = ((u128)1 << 64) - page_size - size - pad;
+    if ((u128)size + pad >= ((u128)1 << 64) - page_size)
+        return ENOMEM;
     uint64_t amount = align_down((u128)wanted < room ? wanted : (uint64_t)room);
     for (;;) {
-        int e = sys_mmap_anywhere(size + amount, PROT_NONE, PH_FLAGS, addr);
+        int e = take_range_aligned(size + amount, align, addr);
         if (e == 0) {
             *held = size + amount;
             return 0;
@@ -677,7 +730,9 @@ typedef struct {
     int state;
     int gran;
     int bits; /* PROT_* of the mapping */
-    long pins; /* persist() calls in flight */
+    long pins; /* memory operations (persist, copies...) in flight */
+    int changing; /* a protect, lock or unlock is in flight */
+    int locked;   /* mlock()ed by lock() */
 } MapObj;
 
 typedef struct {
@@ -1127,6 +1182,7 @@ enum {
     C_HOLE_NOTED = -20,   /* succeeded (or failed with HOLE_BIT), but left a hole: warn */
     C_FILE = -30,         /* a job's descriptor check refused (its fdcheck result says why) */
     C_WOULD_BLOCK = -31,  /* not begun: the gate would make it wait (the caller goes slow) */
+    C_NOACCESS = -32,     /* a memory operation's range lacks the access it needs */
     C_BUSY_BASE = -1000, /* -1000 - n: n views alive */
 };
 #define HOLE_BIT (1 << 24)
@@ -1184,6 +1240,20 @@ static Py_ssize_t
 live_of(MapObj *m)
 {
     return prune(m->views);
+}
+
+/* 0 when no view of `m` is alive; 1 when some are (*code: the busy code saying how many);
+   -1 with an exception. */
+static int
+views_alive(MapObj *m, long *code)
+{
+    Py_ssize_t alive = live_of(m);
+    if (alive < 0)
+        return -1;
+    if (alive == 0)
+        return 0;
+    *code = C_BUSY_BASE - alive;
+    return 1;
 }
 
 /* -- map ----------------------------------------------------------------------------------- */
@@ -1502,7 +1572,7 @@ unmap_begin(Core *c, MapObj *m, int blocking, UnmapJob *j, long *code)
     *code = 0;
     if (m->state == ST_NEW) /* found by the collector while its map waits: not mapped yet */
         return 0;
-    if (m->state != ST_OPEN || m->pins || !try_enter_shared(c)) {
+    if (m->state != ST_OPEN || m->pins || m->changing || !try_enter_shared(c)) {
         if (m->state == ST_CLOSED)
             return 0;
         if (!blocking) {
@@ -1511,7 +1581,7 @@ unmap_begin(Core *c, MapObj *m, int blocking, UnmapJob *j, long *code)
         }
         if (enter_shared(c) < 0)
             return -1;
-        while (m->state == ST_UNMAPPING || m->pins) {
+        while (m->state == ST_UNMAPPING || m->pins || m->changing) {
             if (gate_wait(c) < 0) {
                 leave_shared_waking(c);
                 return -1;
@@ -1522,13 +1592,10 @@ unmap_begin(Core *c, MapObj *m, int blocking, UnmapJob *j, long *code)
             return 0;
         }
     }
-    Py_ssize_t alive = live_of(m);
-    if (alive != 0) {
+    int busy = views_alive(m, code);
+    if (busy) {
         leave_shared(c);
-        if (alive < 0)
-            return -1;
-        *code = C_BUSY_BASE - alive;
-        return 0;
+        return busy < 0 ? -1 : 0;
     }
     m->state = ST_UNMAPPING;
     c->version++;
@@ -1599,22 +1666,257 @@ core_unmap(Core *c, PyObject *arg)
     return PyLong_FromLong(unmap_commit(c, m, &j));
 }
 
-/* -- persist ------------------------------------------------------------------------------- */
+/* -- memory operations --------------------------------------------------------------------- */
+
+/* persist, populate, advise, lock, unlock, protect and the copies (write, read) of a mapping or
+   of a range of the reservation across mappings back to back. Each is begun under the GIL
+   (admission shared, the checks, the pins), runs its syscalls or its copy without the GIL, and
+   is committed under the GIL (pins dropped, the mapping's attributes updated). A pinned
+   mapping stays mapped: unmap() waits for its pins, close() and shrink() for the gate. */
+
+enum {
+    MEM_PERSIST = 0,
+    MEM_POPULATE = 1,
+    MEM_ADVISE = 2,
+    MEM_LOCK = 3,
+    MEM_UNLOCK = 4,
+    MEM_PROTECT = 5,
+    MEM_WRITE = 6,
+    MEM_READ = 7,
+    MEM_KINDS = 8,
+};
+/* The kinds that change an attribute of their mapping: one at a time per mapping, and the
+   mapping's unmap waits for them. */
+#define MEM_CHANGES(k) ((k) == MEM_LOCK || (k) == MEM_UNLOCK || (k) == MEM_PROTECT)
+#define MEM_COPIES(k) ((k) == MEM_WRITE || (k) == MEM_READ)
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef MADV_COLD
+#define MADV_COLD 20
+#endif
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
 
 typedef struct {
-    uint64_t start, end;
-    int err;
-} PersistJob;
+    MapObj *m; /* borrowed: pinned, so it stays in the index (which holds it) */
+    uint64_t lo, hi; /* absolute bytes of this mapping in the range */
+    int write; /* populate: fault for writing */
+} Piece;
 
-/* Admission and the pin. 1: pinned; 0: *code (C_CLOSED: unmapped, C_WOULD_BLOCK); -1. */
-static int
-persist_begin(Core *c, MapObj *m, int blocking, PersistJob *j, long *code)
+typedef struct {
+    int kind, arg, err;
+    int old_bits;      /* protect: the access before */
+    PyObject *old_prot, *new_prot; /* protect: strong references, dropped by the commit */
+    Py_ssize_t n;
+    Piece one;
+    Piece *pieces;     /* &one, or PyMem_RawMalloc'd for a range over several mappings */
+    uint64_t lo, hi;   /* the whole range (absolute) */
+    char *buf;         /* copies: the source (write) or the destination (read) */
+    Py_buffer pb;
+    int has_pb;
+    PyObject *out;     /* read(): the bytes object filled, returned by the commit */
+} MemJob;
+
+static uint64_t
+align_up(uint64_t x)
 {
-    *code = 0;
-    if (m->state != ST_OPEN) {
-        *code = C_CLOSED;
+    return (x + page_mask) & ~page_mask;
+}
+
+/* madvise, mprotect, mlock, munlock: 0 or the errno, EINTR retried (none has a partial effect
+   when interrupted; MADV_POPULATE_* can be restarted). */
+static int
+sys_mem(int sc, uint64_t addr, uint64_t length, int arg)
+{
+    for (;;) {
+        int e = inject_check(sc);
+        if (e == EINTR)
+            continue;
+        if (e)
+            return e;
+        void *p = (void *)(uintptr_t)addr;
+        int r;
+        if (sc == SC_MADVISE)
+            r = madvise(p, (size_t)length, arg);
+        else if (sc == SC_MPROTECT)
+            r = mprotect(p, (size_t)length, arg);
+        else if (sc == SC_MLOCK)
+            r = mlock(p, (size_t)length);
+        else
+            r = munlock(p, (size_t)length);
+        if (r == 0)
+            return 0;
+        if (errno != EINTR)
+            return errno;
+    }
+}
+
+/* Fault every page of [lo, hi) in by touching it: a read, or for writing an atomic add of
+   zero (the value is kept even while other threads store to the page). */
+static void
+touch_pages(uint64_t lo, uint64_t hi, int write)
+{
+    for (uint64_t a = lo; a < hi; a += page_size) {
+        if (write)
+            __atomic_fetch_add((unsigned char *)(uintptr_t)a, 0, __ATOMIC_RELAXED);
+        else
+            (void)*(volatile unsigned char *)(uintptr_t)a;
+    }
+}
+
+static int
+piece_run(MemJob *j, Piece *p)
+{
+    uint64_t s = align_down(p->lo), e = align_up(p->hi);
+    if (e <= s)
+        return 0;
+    int err;
+    switch (j->kind) {
+    case MEM_PERSIST:
+        return sys_msync(s, e - s, MS_SYNC);
+    case MEM_POPULATE:
+        err = sys_mem(SC_MADVISE, s, e - s, p->write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+        if (err == EINVAL) { /* a kernel before 5.14: fault the pages in one by one */
+            touch_pages(s, e, p->write);
+            err = 0;
+        }
+        return err;
+    case MEM_ADVISE:
+        return sys_mem(SC_MADVISE, s, e - s, j->arg);
+    case MEM_LOCK:
+        err = sys_mem(SC_MLOCK, s, e - s, 0);
+        if (err) /* a refused mlock may have locked part of the range: nothing stays locked */
+            (void)munlock((void *)(uintptr_t)s, (size_t)(e - s));
+        return err;
+    case MEM_UNLOCK:
+        return sys_mem(SC_MUNLOCK, s, e - s, 0);
+    case MEM_PROTECT:
+        err = sys_mem(SC_MPROTECT, s, e - s, j->arg);
+        if (err) /* all or nothing: the access before is put back on what may have changed */
+            (void)mprotect((void *)(uintptr_t)s, (size_t)(e - s), j->old_bits);
+        return err;
+    }
+    return 0;
+}
+
+/* Without the GIL. */
+static void
+mem_syscalls(MemJob *j)
+{
+    j->err = 0;
+    if (j->kind == MEM_WRITE) {
+        memmove((void *)(uintptr_t)j->lo, j->buf, (size_t)(j->hi - j->lo));
+        return;
+    }
+    if (j->kind == MEM_READ) {
+        memmove(j->buf, (void *)(uintptr_t)j->lo, (size_t)(j->hi - j->lo));
+        return;
+    }
+    for (Py_ssize_t k = 0; k < j->n && !j->err; k++)
+        j->err = piece_run(j, &j->pieces[k]);
+}
+
+/* Whether a protect to `bits` takes access away from a mapping that has `now`. */
+static int
+takes_access(int now, int bits)
+{
+    return (now & ~bits & (PROT_READ | PROT_WRITE)) != 0;
+}
+
+/* The wait of a change (protect, lock, unlock) of `m`: another change in flight, or, for a
+   protect taking access away, operations in flight that were admitted with that access. */
+static int
+change_must_wait(MapObj *m, MemJob *j)
+{
+    return m->changing || (j->kind == MEM_PROTECT && takes_access(m->bits, j->arg) && m->pins);
+}
+
+/* The pieces of [lo, hi) of the reservation for `j` (m == NULL), gate held. Operations that
+   need access (`need` != 0) need every byte mapped with it: else C_NOACCESS, and `*where` is
+   the absolute address of the first byte missing it. persist takes the open shared file
+   mappings and skips the rest. Returns 1 (pieces set), 0 (*code set), -1 (no memory). */
+static int
+mem_pieces(Core *c, MemJob *j, uint64_t lo, uint64_t hi, int need, long *code, uint64_t *where)
+{
+    Py_ssize_t count = 0;
+    uint64_t pos = lo;
+    Pos first = first_ending_after(c, lo);
+    for (Pos q = first; pos_valid(c, q) && ENTRY(c, q)->start < hi; pos_next(c, &q)) {
+        Entry *e = ENTRY(c, q);
+        int open = e->kind == E_MAPPED && e->m->state == ST_OPEN;
+        if (need) {
+            if (e->start > pos || !open) {
+                *where = pos;
+                *code = C_NOACCESS;
+                return 0;
+            }
+            if ((e->m->bits & need) != need) {
+                *where = pos;
+                *code = C_NOACCESS;
+                return 0;
+            }
+            pos = e->end;
+            count++;
+        }
+        else if (open && e->m->gran != GRAN_BYTE)
+            count++;
+    }
+    if (need && pos < hi) {
+        *where = pos;
+        *code = C_NOACCESS;
         return 0;
     }
+    j->n = count;
+    if (count == 0)
+        return 1;
+    if (count == 1)
+        j->pieces = &j->one;
+    else {
+        j->pieces = PyMem_RawMalloc((size_t)count * sizeof(Piece));
+        if (j->pieces == NULL) {
+            j->n = 0;
+            j->pieces = &j->one;
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Py_ssize_t k = 0;
+    for (Pos q = first; k < count; pos_next(c, &q)) {
+        Entry *e = ENTRY(c, q);
+        if (!need && !(e->kind == E_MAPPED && e->m->state == ST_OPEN && e->m->gran != GRAN_BYTE))
+            continue;
+        Piece *p = &j->pieces[k++];
+        p->m = e->m;
+        p->lo = e->start > lo ? e->start : lo;
+        p->hi = e->end < hi ? e->end : hi;
+        p->write = (e->m->bits & PROT_WRITE) != 0;
+    }
+    return 1;
+}
+
+static void
+mem_free_pieces(MemJob *j)
+{
+    if (j->pieces != NULL && j->pieces != &j->one)
+        PyMem_RawFree(j->pieces);
+    j->pieces = NULL;
+    j->n = 0;
+}
+
+/* Admission, the checks and the pins of `j` on the mapping `m`, or on [lo, hi) of the
+   reservation when m is NULL (the job's kind, arg, range and buffer are set). 1: begun;
+   0: *code is the outcome (C_CLOSED, C_NOACCESS (*where: its first byte), a busy code,
+   C_WOULD_BLOCK when not `blocking` and it would wait, 0: nothing to do); -1: exception. */
+static int
+mem_begin(Core *c, MapObj *m, MemJob *j, int need, int blocking, long *code, uint64_t *where)
+{
+    *code = 0;
     if (!blocking) {
         if (!try_enter_shared(c)) {
             *code = C_WOULD_BLOCK;
@@ -1623,40 +1925,231 @@ persist_begin(Core *c, MapObj *m, int blocking, PersistJob *j, long *code)
     }
     else if (enter_shared(c) < 0)
         return -1;
-    if (m->state != ST_OPEN) {
-        leave_shared(c);
-        *code = C_CLOSED;
-        return 0;
+    if (m == NULL) {
+        if (c->closed) {
+            leave_shared(c);
+            *code = C_CLOSED;
+            return 0;
+        }
+        int r = mem_pieces(c, j, j->lo, j->hi, need, code, where);
+        if (r <= 0) {
+            leave_shared(c);
+            return r;
+        }
+        if (j->n == 0 && !MEM_COPIES(j->kind)) { /* nothing to do in the range */
+            leave_shared(c);
+            return 0;
+        }
     }
-    m->pins++;
+    else {
+        while (m->state == ST_OPEN && MEM_CHANGES(j->kind) && change_must_wait(m, j)) {
+            if (!blocking) {
+                leave_shared(c);
+                *code = C_WOULD_BLOCK;
+                return 0;
+            }
+            if (gate_wait(c) < 0) {
+                leave_shared_waking(c);
+                return -1;
+            }
+        }
+        if (m->state != ST_OPEN) {
+            leave_shared(c);
+            *code = C_CLOSED;
+            return 0;
+        }
+        if ((m->bits & need) != need) {
+            leave_shared(c);
+            *where = j->lo;
+            *code = C_NOACCESS;
+            return 0;
+        }
+        if (j->kind == MEM_PROTECT && takes_access(m->bits, j->arg)) {
+            int busy = views_alive(m, code);
+            if (busy) {
+                leave_shared(c);
+                return busy < 0 ? -1 : 0;
+            }
+        }
+        if ((j->kind == MEM_LOCK && m->locked) || (j->kind == MEM_UNLOCK && !m->locked)) {
+            leave_shared(c);
+            return 0; /* already so */
+        }
+        j->n = 1;
+        j->pieces = &j->one;
+        j->one.m = m;
+        j->one.lo = j->lo;
+        j->one.hi = j->hi;
+        j->one.write = (m->bits & PROT_WRITE) != 0;
+        if (MEM_CHANGES(j->kind))
+            m->changing = 1;
+        if (j->kind == MEM_PROTECT) {
+            /* Until it is done, new views and operations get only the access both the old
+               and the new protection give. */
+            j->old_bits = m->bits;
+            m->bits &= j->arg;
+            PyObject *both = PyTuple_GET_ITEM(PyTuple_GET_ITEM(j->new_prot, 1), m->bits & 7);
+            PyObject *newp = PyTuple_GET_ITEM(j->new_prot, 0);
+            j->old_prot = m->protection;
+            m->protection = Py_NewRef(both);
+            Py_SETREF(j->new_prot, Py_NewRef(newp));
+            c->version++;
+        }
+    }
+    for (Py_ssize_t k = 0; k < j->n; k++)
+        j->pieces[k].m->pins++;
     j->err = 0;
     return 1;
 }
 
+/* Under the GIL; no Python code runs (the references dropped are enum members and the job's
+   own). Returns the outcome: 0 (or read()'s bytes) or the errno of a refusal. */
+static PyObject *
+mem_commit(Core *c, MemJob *j)
+{
+    for (Py_ssize_t k = 0; k < j->n; k++) {
+        MapObj *m = j->pieces[k].m;
+        m->pins--;
+        if (MEM_CHANGES(j->kind)) {
+            m->changing = 0;
+            if (!j->err && j->kind != MEM_PROTECT)
+                m->locked = j->kind == MEM_LOCK;
+        }
+        if (j->kind == MEM_PROTECT) {
+            PyObject *prot = j->err ? j->old_prot : j->new_prot;
+            m->bits = j->err ? j->old_bits : j->arg;
+            Py_SETREF(m->protection, Py_NewRef(prot));
+            c->version++;
+        }
+    }
+    Py_CLEAR(j->old_prot);
+    Py_CLEAR(j->new_prot);
+    if (j->has_pb) {
+        PyBuffer_Release(&j->pb);
+        j->has_pb = 0;
+    }
+    mem_free_pieces(j);
+    leave_shared_waking(c); /* an unmap or a change may wait for the pins */
+    if (j->err || j->kind != MEM_READ || j->out == NULL)
+        return PyLong_FromLong(j->err);
+    return Py_NewRef(j->out);
+}
+
+/* Drop what a job that did not begin holds. */
 static void
-persist_syscalls(PersistJob *j)
+mem_discard(MemJob *j)
 {
-    if (j->end > j->start)
-        j->err = sys_msync(j->start, j->end - j->start, MS_SYNC);
+    Py_CLEAR(j->new_prot);
+    Py_CLEAR(j->old_prot);
+    if (j->has_pb) {
+        PyBuffer_Release(&j->pb);
+        j->has_pb = 0;
+    }
+    mem_free_pieces(j);
+    Py_CLEAR(j->out);
 }
 
-static long
-persist_commit(Core *c, MapObj *m, PersistJob *j)
-{
-    m->pins--;
-    if (m->pins)
-        leave_shared(c);
-    else /* an unmap may wait for the last one */
-        leave_shared_waking(c);
-    return j->err;
-}
-
+/* The arguments (kind, arg, m or None, lo, hi, need, obj) of _mem and _mem_job into `j`.
+   obj: write: the source (a buffer of hi - lo bytes); read: the destination (a writable
+   buffer), or None (a new bytes object); protect: (the new protection, the 8 protections
+   by PROT_* bits). */
 static int
-persist_range(PyObject *const *args, PersistJob *j)
+mem_prepare(Core *c, PyObject *const *args, MemJob *j, MapObj **m, int *need)
 {
-    j->start = PyLong_AsUnsignedLongLong(args[0]);
-    j->end = PyLong_AsUnsignedLongLong(args[1]);
-    return PyErr_Occurred() ? -1 : 0;
+    memset(j, 0, sizeof *j);
+    j->kind = as_c_int(args[0]);
+    j->arg = as_c_int(args[1]);
+    j->lo = PyLong_AsUnsignedLongLong(args[3]);
+    j->hi = PyLong_AsUnsignedLongLong(args[4]);
+    *need = as_c_int(args[5]);
+    if (PyErr_Occurred())
+        return -1;
+    if (j->kind < 0 || j->kind >= MEM_KINDS || j->hi < j->lo) {
+        PyErr_SetString(PyExc_ValueError, "_mem: bad arguments");
+        return -1;
+    }
+    *m = NULL;
+    if (args[2] != Py_None) {
+        *m = as_mapping(c, args[2]);
+        if (*m == NULL)
+            return -1;
+        if (j->lo < (*m)->addr || j->hi > (*m)->addr + (*m)->span) {
+            PyErr_SetString(PyExc_ValueError, "_mem: range outside the mapping");
+            return -1;
+        }
+    }
+    else if (MEM_CHANGES(j->kind)) {
+        PyErr_SetString(PyExc_ValueError, "_mem: a change needs a mapping");
+        return -1;
+    }
+    PyObject *obj = args[6];
+    if (j->kind == MEM_PROTECT) {
+        if (!PyTuple_CheckExact(obj) || PyTuple_GET_SIZE(obj) != 2 ||
+            !PyTuple_CheckExact(PyTuple_GET_ITEM(obj, 1)) ||
+            PyTuple_GET_SIZE(PyTuple_GET_ITEM(obj, 1)) != 8) {
+            PyErr_SetString(PyExc_TypeError, "_mem: protect takes (protection, table by bits)");
+            return -1;
+        }
+        j->new_prot = Py_NewRef(obj);
+    }
+    else if (MEM_COPIES(j->kind)) {
+        Py_ssize_t n = (Py_ssize_t)(j->hi - j->lo);
+        if (j->kind == MEM_READ && obj == Py_None) {
+            j->out = PyBytes_FromStringAndSize(NULL, n);
+            if (j->out == NULL)
+                return -1;
+            j->buf = PyBytes_AS_STRING(j->out);
+        }
+        else {
+            int flags = j->kind == MEM_READ ? PyBUF_WRITABLE : PyBUF_SIMPLE;
+            if (PyObject_GetBuffer(obj, &j->pb, flags) < 0)
+                return -1;
+            j->has_pb = 1;
+            if (j->pb.len != n) {
+                mem_discard(j);
+                PyErr_SetString(PyExc_ValueError, "_mem: the buffer's size is not the range's");
+                return -1;
+            }
+            j->buf = j->pb.buf;
+        }
+    }
+    return 0;
+}
+
+/* The outcome of a begin that did not begin: the code, or (C_NOACCESS, address). */
+static PyObject *
+mem_refused(long code, uint64_t where)
+{
+    if (code == C_NOACCESS)
+        return Py_BuildValue("(lK)", code, (unsigned long long)where);
+    return PyLong_FromLong(code);
+}
+
+/* _mem(kind, arg, m or None, lo, hi, need, obj) -> 0, read()'s bytes, an int code (C_CLOSED, a
+   busy code, an errno), or (C_NOACCESS, address of the first byte without the access). */
+static PyObject *
+core_mem(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7)
+        return PyErr_Format(PyExc_TypeError, "_mem(kind, arg, m, lo, hi, need, obj)");
+    MemJob j;
+    MapObj *m;
+    int need;
+    if (mem_prepare(c, args, &j, &m, &need) < 0)
+        return NULL;
+    long code;
+    uint64_t where = 0;
+    int r = mem_begin(c, m, &j, need, 1, &code, &where);
+    if (r <= 0) {
+        mem_discard(&j);
+        return r < 0 ? NULL : mem_refused(code, where);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    mem_syscalls(&j);
+    Py_END_ALLOW_THREADS
+    PyObject *result = mem_commit(c, &j);
+    Py_CLEAR(j.out);
+    return result;
 }
 
 /* _persist(m, start, end) -> 0, C_CLOSED (the mapping is unmapped), or msync's errno. */
@@ -1665,18 +2158,14 @@ core_persist(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3)
         return PyErr_Format(PyExc_TypeError, "_persist(m, start, end)");
-    MapObj *m = as_mapping(c, args[0]);
-    PersistJob j;
-    long code;
-    if (m == NULL || persist_range(args + 1, &j) < 0)
+    PyObject *full[7] = {NULL, NULL, args[0], args[1], args[2], NULL, Py_None};
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
         return NULL;
-    int r = persist_begin(c, m, 1, &j, &code);
-    if (r <= 0)
-        return r < 0 ? NULL : PyLong_FromLong(code);
-    Py_BEGIN_ALLOW_THREADS
-    persist_syscalls(&j);
-    Py_END_ALLOW_THREADS
-    return PyLong_FromLong(persist_commit(c, m, &j));
+    full[0] = full[1] = full[5] = zero;
+    PyObject *r = core_mem(c, full, 7);
+    Py_DECREF(zero);
+    return r;
 }
 
 /* -- jobs of the async API ----------------------------------------------------------------- */
@@ -1687,7 +2176,7 @@ core_persist(Core *c, PyObject *const *args, Py_ssize_t nargs)
    come between a claim and the job that stands for it; a job is never abandoned: its commit
    runs whether or not its caller still waits. */
 
-enum { OP_MAP = 0, OP_UNMAP = 1, OP_PERSIST = 2 };
+enum { OP_MAP = 0, OP_UNMAP = 1, OP_MEM = 2 };
 
 typedef struct PortObj PortObj;
 
@@ -1707,7 +2196,7 @@ typedef struct OpObj {
     union {
         MapJob map;
         UnmapJob unmap;
-        PersistJob persist;
+        MemJob mem;
     } u;
 } OpObj;
 
@@ -1752,7 +2241,7 @@ op_run(ExecJob *job)
     else if (o->op == OP_UNMAP)
         unmap_syscalls(&o->u.unmap);
     else
-        persist_syscalls(&o->u.persist);
+        mem_syscalls(&o->u.mem);
 }
 
 /* Write the port's eventfd (its mutex held): the loop will drain. */
@@ -1865,7 +2354,7 @@ op_commit(OpObj *o)
     else if (o->op == OP_UNMAP)
         r = PyLong_FromLong(unmap_commit(o->core, o->m, &o->u.unmap));
     else
-        r = PyLong_FromLong(persist_commit(o->core, o->m, &o->u.persist));
+        r = mem_commit(o->core, &o->u.mem);
     if (r == NULL) { /* committed all the same; the caller gets MemoryError */
         PyErr_Clear();
         r = Py_NewRef(Py_None);
@@ -1910,7 +2399,7 @@ op_begun(OpObj *o, MapObj *m, int r, long code)
         Py_DECREF(o);
         return r < 0 ? NULL : PyLong_FromLong(code);
     }
-    if (o->m == NULL)
+    if (o->m == NULL && m != NULL)
         o->m = (MapObj *)Py_NewRef((PyObject *)m);
     if (op_start(o) < 0) { /* started all the same: it completes and is committed */
         Py_DECREF(o);
@@ -1971,24 +2460,46 @@ core_unmap_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
     return op_begun(o, m, r, code);
 }
 
-/* _persist_job(port, waiter, m, start, end) -> the submitted job, or an int code (C_CLOSED,
-   C_WOULD_BLOCK). */
+/* _mem_job(port, waiter, kind, arg, m or None, lo, hi, need, obj) -> the submitted job, or
+   what _mem returns when nothing began (C_WOULD_BLOCK: take the blocking path). */
+static PyObject *
+core_mem_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9)
+        return PyErr_Format(PyExc_TypeError, "_mem_job(port, waiter, kind, arg, m, lo, hi, need, obj)");
+    OpObj *o = op_new(c, args[0], args[1], OP_MEM);
+    if (o == NULL)
+        return NULL;
+    MapObj *m;
+    int need;
+    memset(&o->u.mem, 0, sizeof o->u.mem);
+    if (mem_prepare(c, args + 2, &o->u.mem, &m, &need) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    long code;
+    uint64_t where = 0;
+    int r = mem_begin(c, m, &o->u.mem, need, 0, &code, &where);
+    if (r <= 0) {
+        Py_DECREF(o);
+        return r < 0 ? NULL : mem_refused(code, where);
+    }
+    return op_begun(o, m, 1, 0);
+}
+
+/* _persist_job(port, waiter, m, start, end): _mem_job of a persist. */
 static PyObject *
 core_persist_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5)
         return PyErr_Format(PyExc_TypeError, "_persist_job(port, waiter, m, start, end)");
-    MapObj *m;
-    OpObj *o = op_on_mapping(c, args, OP_PERSIST, &m);
-    if (o == NULL)
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
         return NULL;
-    long code;
-    if (persist_range(args + 3, &o->u.persist) < 0) {
-        Py_DECREF(o);
-        return NULL;
-    }
-    int r = persist_begin(c, m, 0, &o->u.persist, &code);
-    return op_begun(o, m, r, code);
+    PyObject *full[9] = {args[0], args[1], zero, zero, args[2], args[3], args[4], zero, Py_None};
+    PyObject *r = core_mem_job(c, full, 9);
+    Py_DECREF(zero);
+    return r;
 }
 
 static int
@@ -2017,6 +2528,8 @@ op_dealloc(OpObj *o)
 {
     PyObject_GC_UnTrack(o);
     op_clear(o);
+    if (o->op == OP_MEM)
+        mem_discard(&o->u.mem);
     Py_XDECREF((PyObject *)o->m);
     Py_XDECREF((PyObject *)o->core);
     Py_XDECREF((PyObject *)o->port);
@@ -3106,6 +3619,8 @@ static PyMethodDef core_methods[] = {
     {"_map", (PyCFunction)(void (*)(void))core_map, METH_FASTCALL, NULL},
     {"_unmap", (PyCFunction)core_unmap, METH_O, NULL},
     {"_persist", (PyCFunction)(void (*)(void))core_persist, METH_FASTCALL, NULL},
+    {"_mem", (PyCFunction)(void (*)(void))core_mem, METH_FASTCALL, NULL},
+    {"_mem_job", (PyCFunction)(void (*)(void))core_mem_job, METH_FASTCALL, NULL},
     {"_extend", (PyCFunction)core_extend, METH_O, NULL},
     {"_shrink", (PyCFunction)(void (*)(void))core_shrink, METH_FASTCALL, NULL},
     {"_extend_nowait", (PyCFunction)core_extend_nowait, METH_O, NULL},
@@ -3243,6 +3758,7 @@ static PyMemberDef map_members[] = {
     {"_state", T_INT, offsetof(MapObj, state), READONLY, NULL},
     {"_gran", T_INT, offsetof(MapObj, gran), READONLY, NULL},
     {"_pins", T_LONG, offsetof(MapObj, pins), READONLY, NULL},
+    {"_locked", T_INT, offsetof(MapObj, locked), READONLY, NULL},
     {NULL},
 };
 
@@ -3303,7 +3819,7 @@ static PyObject *
 reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5 || !PyType_Check(args[0]) ||
+    if (nargs != 6 || !PyType_Check(args[0]) ||
         !PyType_IsSubtype((PyTypeObject *)args[0], &CoreType)) {
         PyErr_SetString(PyExc_TypeError, "reserve: bad arguments");
         return NULL;
@@ -3313,6 +3829,7 @@ reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long n = PyLong_AsUnsignedLongLong(args[2]);
     unsigned long long limit = has_limit ? PyLong_AsUnsignedLongLong(args[3]) : 0;
     unsigned long long headroom = PyLong_AsUnsignedLongLong(args[4]);
+    unsigned long long align = PyLong_AsUnsignedLongLong(args[5]);
     if (PyErr_Occurred())
         return NULL;
     PyTypeObject *cls = (PyTypeObject *)args[0];
@@ -3337,9 +3854,9 @@ reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     else if (!has_limit)
-        err = take_range_with_headroom(n, headroom, &addr, &held);
+        err = take_range_with_headroom(n, headroom, align, &addr, &held);
     else
-        err = sys_mmap_anywhere(held, PROT_NONE, PH_FLAGS, &addr);
+        err = take_range_aligned(held, align, &addr);
     Py_END_ALLOW_THREADS
     if (err) {
         Py_DECREF(c);
@@ -3918,7 +4435,16 @@ PyInit__core(void)
         {"C_NOT_EMPTY", C_NOT_EMPTY}, {"C_PAST_ASPACE", C_PAST_ASPACE},
         {"C_EXTEND_EXISTS", C_EXTEND_EXISTS}, {"C_HOLE_NOTED", C_HOLE_NOTED},
         {"C_BUSY_BASE", C_BUSY_BASE}, {"HOLE_BIT", HOLE_BIT}, {"C_FILE", C_FILE},
-        {"C_WOULD_BLOCK", C_WOULD_BLOCK},
+        {"C_WOULD_BLOCK", C_WOULD_BLOCK}, {"C_NOACCESS", C_NOACCESS},
+        {"SC_MPROTECT", SC_MPROTECT}, {"SC_MLOCK", SC_MLOCK}, {"SC_MUNLOCK", SC_MUNLOCK},
+        {"MEM_PERSIST", MEM_PERSIST}, {"MEM_POPULATE", MEM_POPULATE},
+        {"MEM_ADVISE", MEM_ADVISE}, {"MEM_LOCK", MEM_LOCK}, {"MEM_UNLOCK", MEM_UNLOCK},
+        {"MEM_PROTECT", MEM_PROTECT}, {"MEM_WRITE", MEM_WRITE}, {"MEM_READ", MEM_READ},
+        {"MADV_NORMAL", MADV_NORMAL}, {"MADV_RANDOM", MADV_RANDOM},
+        {"MADV_SEQUENTIAL", MADV_SEQUENTIAL}, {"MADV_WILLNEED", MADV_WILLNEED},
+        {"MADV_DONTNEED", MADV_DONTNEED}, {"MADV_HUGEPAGE", MADV_HUGEPAGE},
+        {"MADV_NOHUGEPAGE", MADV_NOHUGEPAGE}, {"MADV_COLD", MADV_COLD},
+        {"MADV_PAGEOUT", MADV_PAGEOUT},
         {"ST_OPEN", ST_OPEN}, {"ST_UNMAPPING", ST_UNMAPPING}, {"ST_CLOSED", ST_CLOSED},
     };
     for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {

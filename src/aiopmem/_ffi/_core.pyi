@@ -9,6 +9,9 @@ SC_MSYNC: Final[int]
 SC_MADVISE: Final[int]
 SC_OPEN: Final[int]
 SC_FSTAT: Final[int]
+SC_MPROTECT: Final[int]
+SC_MLOCK: Final[int]
+SC_MUNLOCK: Final[int]
 C_CLOSED: Final[int]
 C_OFF_UNALIGNED: Final[int]
 C_OFF_NEGATIVE: Final[int]
@@ -27,6 +30,24 @@ C_BUSY_BASE: Final[int]
 HOLE_BIT: Final[int]
 C_FILE: Final[int]
 C_WOULD_BLOCK: Final[int]
+C_NOACCESS: Final[int]
+MADV_COLD: Final[int]
+MADV_DONTNEED: Final[int]
+MADV_HUGEPAGE: Final[int]
+MADV_NOHUGEPAGE: Final[int]
+MADV_NORMAL: Final[int]
+MADV_PAGEOUT: Final[int]
+MADV_RANDOM: Final[int]
+MADV_SEQUENTIAL: Final[int]
+MADV_WILLNEED: Final[int]
+MEM_ADVISE: Final[int]
+MEM_LOCK: Final[int]
+MEM_PERSIST: Final[int]
+MEM_POPULATE: Final[int]
+MEM_PROTECT: Final[int]
+MEM_READ: Final[int]
+MEM_UNLOCK: Final[int]
+MEM_WRITE: Final[int]
 ST_OPEN: Final[int]
 ST_UNMAPPING: Final[int]
 ST_CLOSED: Final[int]
@@ -65,6 +86,7 @@ class MappingBase:
     _state: int
     _gran: int
     _pins: int
+    _locked: int
 
 class ReservationBase:
     _address: int
@@ -96,6 +118,21 @@ class ReservationBase:
         self, port: Port, waiter: object, m: MappingBase, start: int, end: int, /
     ) -> Job | int: ...
     def _persist(self, m: MappingBase, start: int, end: int, /) -> int: ...
+    def _mem(
+        self,
+        kind: int,
+        arg: int,
+        m: MappingBase | None,
+        lo: int,
+        hi: int,
+        need: int,
+        obj: object,
+        /,
+    ) -> Any:
+        """A memory operation: 0, read()'s bytes, an int code, or (C_NOACCESS, address)."""
+    def _mem_job(self, port: Port, waiter: object, *args: Any) -> Any:
+        """``_mem``'s arguments after ``port`` and ``waiter``: the job, or what ``_mem``
+        returns when nothing began."""
     def _extend(self, n: int, /) -> int: ...
     def _shrink(self, offset: int, size: int, /) -> int: ...
     def _extend_nowait(self, size: object, /) -> int: ...
@@ -122,7 +159,13 @@ def new_view(
 ) -> memoryview: ...
 def live(lists: tuple[list[object], ...], /) -> int: ...
 def reserve(
-    cls: type[Any], address: int | None, size: int, max_size: int | None, headroom: int, /
+    cls: type[Any],
+    address: int | None,
+    size: int,
+    max_size: int | None,
+    headroom: int,
+    alignment: int,
+    /,
 ) -> Any: ...
 def push(injection: InjectionBase, /) -> None: ...
 def pop(injection: InjectionBase, /) -> None: ...

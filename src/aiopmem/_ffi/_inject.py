@@ -28,6 +28,9 @@ NUMBERS: Final = {
     "munmap": _core.SC_MUNMAP,
     "msync": _core.SC_MSYNC,
     "madvise": _core.SC_MADVISE,
+    "mprotect": _core.SC_MPROTECT,
+    "mlock": _core.SC_MLOCK,
+    "munlock": _core.SC_MUNLOCK,
     "open": _core.SC_OPEN,
     "fstat": _core.SC_FSTAT,
 }
