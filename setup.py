@@ -1,5 +1,7 @@
 # setuptools takes `cffi_modules` and C extensions from setup() alone; everything else about
 # the package lives in pyproject.toml.
+import glob
+
 from setuptools import Extension, setup
 
 setup(
@@ -9,7 +11,7 @@ setup(
             "aiopmem._ffi._core",
             ["src/aiopmem/_ffi/_core.c"],
             include_dirs=["src/aiopmem/_ffi"],
-            depends=["src/aiopmem/_ffi/_linux.h", "src/aiopmem/_ffi/_exec.h"],
+            depends=sorted(glob.glob("src/aiopmem/_ffi/*.h")),
             extra_compile_args=["-O2", "-Wall"],
         )
     ],

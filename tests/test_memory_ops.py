@@ -600,23 +600,37 @@ async def test_async_memory_operations_are_checkpoints() -> None:
 # -- reserve(alignment=) -----------------------------------------------------------------------
 
 
+def _growth_of_reserve(alignment: int, max_size: int | None) -> tuple[int, int]:
+    """(bytes VmSize grew by while the reservation stands, its max_size), checking its
+    address, its placeholders and that close() gives all of it back."""
+    before = kernel.vm_size()
+    with apis.reserve(2 * MiB, alignment=alignment, max_size=max_size) as rsv:
+        assert rsv.address % alignment == 0
+        held = rsv.max_size
+        grown = kernel.vm_size() - before
+        pieces = kernel.coverage(rsv.address, rsv.address + held)
+        assert all(kernel.is_placeholder(v) for _, _, v in pieces)
+        rsv.shrink(0, P)  # a front shrink keeps the address a multiple of the page only
+        assert rsv.address % P == 0
+    assert kernel.is_free(rsv.address, rsv.address + rsv.max_size)
+    return grown, held
+
+
 @pytest.mark.usefixtures("api")
 def test_reserve_alignment_returns_the_padding() -> None:
-    apis.reserve(MiB).close()  # the first call may start a worker thread (its stack counts)
+    """VmSize grows by the reservation alone: the padding taken to reach the alignment is
+    gone. Other threads (a new worker's stack, a malloc arena) can grow VmSize meanwhile, so
+    a measurement is taken again when it is off; padding left mapped would show every time."""
     for alignment in (P, 2 * P, THP, 64 * MiB):
         for max_size in (None, 8 * MiB):
-            before = kernel.vm_size()
-            with apis.reserve(2 * MiB, alignment=alignment, max_size=max_size) as rsv:
-                assert rsv.address % alignment == 0
-                held = rsv.max_size
-                # Only the reservation was added to the address space: the padding is gone.
-                grown = kernel.vm_size() - before
-                assert held <= grown < held + 2 * MiB, (alignment, grown, held)
-                pieces = kernel.coverage(rsv.address, rsv.address + held)
-                assert all(kernel.is_placeholder(v) for _, _, v in pieces)
-                rsv.shrink(0, P)  # a front shrink keeps the address a multiple of the page
-                assert rsv.address % P == 0
-            assert kernel.is_free(rsv.address, rsv.address + rsv.max_size)
+            seen = []
+            for _ in range(5):
+                grown, held = _growth_of_reserve(alignment, max_size)
+                seen.append(grown - held)
+                if 0 <= grown - held < MiB:
+                    break
+            else:
+                raise AssertionError(f"VmSize grew by more than the reservation: {seen}")
 
 
 def test_reserve_alignment_does_not_leave_padding_mapped() -> None:

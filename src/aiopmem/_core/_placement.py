@@ -16,7 +16,7 @@ headroom. 1 GiB is 1/131072 of the 128 TiB user address space of x86-64, and PRO
 costs no memory, only a VMA.
 
 The placement itself (taking a range, its headroom, laying placeholders, re-taking holes) is
-done by the C core, inside the transitions that need it (``_ffi/_core.c``, "placement").
+done by the C core, inside the transitions that need it (``_ffi/_core_placement.h``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
    Interface (trio's start_thread_soon(fn, deliver) is the model): a job is a C struct with two
    functions. `run` makes the job's syscalls; `deliver` hands the finished job on (to the event
-   loop that waits for it, see "ports" in _core.c); both are called in a worker, one right after
+   loop that waits for it, see _core_jobs.h); both are called in a worker, one right after
    the other, without the GIL. The executor knows nothing of Python or of event loops.
 
    Scheduling. Jobs run in submission order. One worker normally drains the queue (the hop stays
@@ -16,7 +16,7 @@
    Rescue. A job's deliver may ask for a look later (exec_delivered): the first idle worker
    whose wait reaches that time calls the rescue hook (set by the user of the executor), which
    returns how long until it wants another look (0: none). The jobs' user uses it to commit the
-   jobs of an event loop that stopped draining (see "ports" in _core.c).
+   jobs of an event loop that stopped draining (see _core_jobs.h).
 
    Guarantees: every queued job is run exactly once and delivered exactly once; the queue and
    the counters are guarded by ex.mu; a submission that cannot be handed to any worker (no

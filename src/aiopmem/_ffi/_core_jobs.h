@@ -1,0 +1,759 @@
+/* _core_jobs.h: Jobs of the async API (OpObj) and the ports through which each event loop
+ * collects them. Part of _core.c (included once, in order: one translation unit, every function
+ * static).
+ */
+
+/* -- jobs of the async API ----------------------------------------------------------------- */
+
+/* An async map, unmap or persist: begun on the caller's thread (the event loop's), its
+   syscalls run by the executor (_exec.h) without the GIL, committed on the event loop when its
+   port (below) drains. Begin, submission and commit are each one C call, so no interrupt can
+   come between a claim and the job that stands for it; a job is never abandoned: its commit
+   runs whether or not its caller still waits. */
+
+enum { OP_MAP = 0, OP_UNMAP = 1, OP_MEM = 2 };
+
+typedef struct PortObj PortObj;
+
+typedef struct OpObj {
+    PyObject_HEAD
+    ExecJob job;
+    int op;
+    char delivered; /* committed and handed to its waiter (GIL) */
+    char committed; /* by the drain, or by the rescue (GIL) */
+    double finished_at; /* when the worker listed it (under the port's mutex) */
+    Core *core;
+    MapObj *m;
+    PortObj *port;
+    PyObject *waiter;
+    PyObject *result; /* after the commit: the mapping, or an int code */
+    struct OpObj *next_done;
+    union {
+        MapJob map;
+        UnmapJob unmap;
+        MemJob mem;
+    } u;
+} OpObj;
+
+/* Where the finished jobs of one event loop wait for it: an eventfd the loop watches, written
+   only when the list goes from empty to non-empty (one wake-up per batch), and the list. */
+struct PortObj {
+    PyObject_HEAD
+    PyObject *weakreflist;
+    struct PortObj *prev_port, *next_port; /* every port, for the rescue (under ports_mu) */
+    long inflight; /* jobs started and not drained yet (GIL) */
+    int registered; /* in all_ports */
+    int flush_scheduled; /* schedule(flush) was called and flush() has not run yet */
+    PyObject *schedule;  /* the loop's call_soon (None: wake workers at once) */
+    int efd;
+    int signaled; /* the eventfd was written since the last drain */
+    int held;     /* jobs are listed, their signal held back until their batch ends */
+    pthread_mutex_t mu;
+    OpObj *head, *tail;
+    PyObject *how;
+};
+
+static PyTypeObject OpType;
+static PyTypeObject PortType;
+static PyObject *str_flush;
+static int wake_waiter(PyObject *waiter, PyObject *how, PyObject *job);
+static int check_how(PyObject *how);
+
+#define OP_OF(j) ((OpObj *)((char *)(j) - offsetof(OpObj, job)))
+
+/* A finished job its event loop has not drained after this long is committed by the rescue
+   (the loop is gone, or blocked): the reservation never waits for a loop that stopped. */
+
+static pthread_mutex_t ports_mu = PTHREAD_MUTEX_INITIALIZER;
+static PortObj *all_ports;
+
+static void
+op_run(ExecJob *job)
+{
+    OpObj *o = OP_OF(job);
+    if (o->op == OP_MAP)
+        map_syscalls(&o->u.map);
+    else if (o->op == OP_UNMAP)
+        unmap_syscalls(&o->u.unmap);
+    else
+        mem_syscalls(&o->u.mem);
+}
+
+/* Write the port's eventfd (its mutex held): the loop will drain. */
+static void
+port_signal(PortObj *p)
+{
+    uint64_t one = 1;
+    p->signaled = 1;
+    p->held = 0;
+    while (write(p->efd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+/* In the worker: append to the port's list, and write the eventfd if the list was empty,
+   unless more jobs are queued (`may_hold`): then the signal is held back until the batch ends
+   (the executor's release hook), so that the jobs submitted together reach the loop in one
+   wake-up. The write is made under the port's mutex: until the drain has taken the job, the
+   port cannot go away (the job holds it), and the drain takes the list under the same mutex. */
+static int
+op_deliver_to(OpObj *o, int may_hold)
+{
+    PortObj *p = o->port;
+    int held = 0;
+    pthread_mutex_lock(&p->mu);
+    o->next_done = NULL;
+    o->finished_at = exec_now();
+    if (p->tail)
+        p->tail->next_done = o;
+    else
+        p->head = o;
+    p->tail = o;
+    if (!p->signaled) {
+        if (may_hold && exec_more_queued())
+            held = p->held = 1;
+        else
+            port_signal(p);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return held ? EXEC_HELD : 0;
+}
+
+/* The executor asks for a rescue after every delivery (one listed behind another too). */
+static int
+op_deliver(ExecJob *job)
+{
+    return op_deliver_to(OP_OF(job), 1);
+}
+
+/* The executor's release hook: send every held signal. */
+static void
+release_held(void)
+{
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        if (p->held && !p->signaled)
+            port_signal(p);
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
+}
+
+/* The executor's reference (taken here) is given back by the drain. Without any worker (none
+   could be started), the job runs right here, without the GIL: it still completes. */
+static int
+op_start(OpObj *o)
+{
+    PortObj *p = o->port;
+    int flush;
+    o->job.run = op_run;
+    o->job.deliver = op_deliver;
+    Py_INCREF(o);
+    p->inflight++;
+    /* Deferred wake-up only when other jobs of this loop are in flight: a lone job (one
+       task) gains nothing from waiting for the flush, a batch saves a wake-up per job. */
+    if (exec_submit(&o->job, p->schedule != NULL && p->inflight > 1, &flush) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        op_run(&o->job);
+        Py_END_ALLOW_THREADS
+        (void)op_deliver_to(o, 0);
+        return 0;
+    }
+    if (flush && !p->flush_scheduled) {
+        /* The worker is woken once per event-loop iteration, by the port's flush(). */
+        p->flush_scheduled = 1;
+        PyObject *cb = PyObject_GetAttr((PyObject *)p, str_flush);
+        PyObject *r = cb ? PyObject_CallOneArg(p->schedule, cb) : NULL;
+        Py_XDECREF(cb);
+        if (r == NULL) { /* the job is queued all the same: wake now, report the error */
+            p->flush_scheduled = 0;
+            exec_flush();
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* Commit once (GIL held; whoever comes first: the drain or the rescue). No Python code runs
+   and nothing is collected meanwhile: the results are ints or the mapping. */
+static void
+op_commit(OpObj *o)
+{
+    if (o->committed)
+        return;
+    o->committed = 1;
+    PyObject *r;
+    if (o->op == OP_MAP)
+        r = map_commit(o->core, o->m, &o->u.map);
+    else if (o->op == OP_UNMAP)
+        r = PyLong_FromLong(unmap_commit(o->core, o->m, &o->u.unmap));
+    else
+        r = mem_commit(o->core, &o->u.mem);
+    if (r == NULL) { /* committed all the same; the caller gets MemoryError */
+        PyErr_Clear();
+        r = Py_NewRef(Py_None);
+    }
+    o->result = r;
+}
+
+/* A new job for `port`, its task's `waiter` kept (allocated before anything is begun). */
+static OpObj *
+op_new(Core *c, PyObject *port, PyObject *waiter, int op)
+{
+    if (!PyObject_TypeCheck(port, &PortType)) {
+        PyErr_SetString(PyExc_TypeError, "expected a Port");
+        return NULL;
+    }
+    if (((PortObj *)port)->efd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the port is closed");
+        return NULL;
+    }
+    OpObj *o = PyObject_GC_New(OpObj, &OpType);
+    if (o == NULL)
+        return NULL;
+    o->op = op;
+    o->delivered = o->committed = 0;
+    o->finished_at = 0;
+    o->core = (Core *)Py_NewRef((PyObject *)c);
+    o->m = NULL;
+    o->port = (PortObj *)Py_NewRef(port);
+    o->waiter = Py_NewRef(waiter);
+    o->result = NULL;
+    o->next_done = NULL;
+    PyObject_GC_Track(o);
+    return o;
+}
+
+/* The end of a job's begin, `r` and `code` as the begin returned them: the submitted job, or
+   the code (nothing begun; the job is dropped). */
+static PyObject *
+op_begun(OpObj *o, MapObj *m, int r, long code)
+{
+    if (r <= 0) {
+        Py_DECREF(o);
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    }
+    if (o->m == NULL && m != NULL)
+        o->m = (MapObj *)Py_NewRef((PyObject *)m);
+    if (op_start(o) < 0) { /* started all the same: it completes and is committed */
+        Py_DECREF(o);
+        return NULL;
+    }
+    return (PyObject *)o;
+}
+
+/* A new job of kind `op` on the mapping args[2] (args: port, waiter, m, ...). */
+static OpObj *
+op_on_mapping(Core *c, PyObject *const *args, int op, MapObj **m)
+{
+    *m = as_mapping(c, args[2]);
+    return *m == NULL ? NULL : op_new(c, args[0], args[1], op);
+}
+
+/* _map_job(port, waiter, cls, offset, length, bits, kind, fd, file_offset, dev, protection,
+   sharing, file, check_fd) -> the submitted job, or an int code (nothing begun; C_WOULD_BLOCK:
+   the gate would wait, take the blocking path). check_fd: the job checks the descriptor
+   first (its outcome is then (C_FILE, the check's result) when it refuses). */
+static PyObject *
+core_map_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 14)
+        return PyErr_Format(PyExc_TypeError, "_map_job: bad arguments");
+    int check_fd = PyObject_IsTrue(args[13]);
+    if (check_fd < 0)
+        return NULL;
+    OpObj *o = op_new(c, args[0], args[1], OP_MAP);
+    if (o == NULL)
+        return NULL;
+    long long offset;
+    long code;
+    MapObj *m = map_prepare(c, args + 2, &offset, &o->u.map);
+    if (m == NULL) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    o->u.map.check_fd = check_fd;
+    o->m = m;
+    int r = map_begin(c, m, offset, &o->u.map, 0, &code);
+    return op_begun(o, m, r, code);
+}
+
+/* _unmap_job(port, waiter, m) -> the submitted job, or an int code (0: nothing to do, a busy
+   code, C_WOULD_BLOCK). */
+static PyObject *
+core_unmap_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "_unmap_job(port, waiter, m)");
+    MapObj *m;
+    OpObj *o = op_on_mapping(c, args, OP_UNMAP, &m);
+    if (o == NULL)
+        return NULL;
+    long code;
+    int r = unmap_begin(c, m, 0, &o->u.unmap, &code);
+    return op_begun(o, m, r, code);
+}
+
+/* _mem_job(port, waiter, kind, arg, m or None, lo, hi, need, obj) -> the submitted job, or
+   what _mem returns when nothing began (C_WOULD_BLOCK: take the blocking path). */
+static PyObject *
+core_mem_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9)
+        return PyErr_Format(PyExc_TypeError, "_mem_job(port, waiter, kind, arg, m, lo, hi, need, obj)");
+    OpObj *o = op_new(c, args[0], args[1], OP_MEM);
+    if (o == NULL)
+        return NULL;
+    MapObj *m;
+    int need;
+    memset(&o->u.mem, 0, sizeof o->u.mem);
+    if (mem_prepare(c, args + 2, &o->u.mem, &m, &need) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    long code;
+    uint64_t where = 0;
+    int r = mem_begin(c, m, &o->u.mem, need, 0, &code, &where);
+    if (r <= 0) {
+        Py_DECREF(o);
+        return r < 0 ? NULL : mem_refused(code, where);
+    }
+    return op_begun(o, m, 1, 0);
+}
+
+/* _persist_job(port, waiter, m, start, end): _mem_job of a persist. */
+static PyObject *
+core_persist_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5)
+        return PyErr_Format(PyExc_TypeError, "_persist_job(port, waiter, m, start, end)");
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return NULL;
+    PyObject *full[9] = {args[0], args[1], zero, zero, args[2], args[3], args[4], zero, Py_None};
+    PyObject *r = core_mem_job(c, full, 9);
+    Py_DECREF(zero);
+    return r;
+}
+
+static int
+op_traverse(OpObj *o, visitproc visit, void *arg)
+{
+    Py_VISIT(o->waiter);
+    Py_VISIT(o->result);
+    Py_VISIT((PyObject *)o->m);
+    Py_VISIT((PyObject *)o->core);
+    Py_VISIT((PyObject *)o->port);
+    return 0;
+}
+
+static int
+op_clear(OpObj *o)
+{
+    /* Only a job the executor no longer holds can be garbage: core, m and port stay for the
+       dealloc (a commit needs them, and commits happen before the executor lets go). */
+    Py_CLEAR(o->waiter);
+    Py_CLEAR(o->result);
+    return 0;
+}
+
+static void
+op_dealloc(OpObj *o)
+{
+    PyObject_GC_UnTrack(o);
+    op_clear(o);
+    if (o->op == OP_MEM)
+        mem_discard(&o->u.mem);
+    Py_XDECREF((PyObject *)o->m);
+    Py_XDECREF((PyObject *)o->core);
+    Py_XDECREF((PyObject *)o->port);
+    PyObject_GC_Del(o);
+}
+
+static PyObject *
+op_outcome(OpObj *o, PyObject *unused)
+{
+    (void)unused;
+    if (!o->delivered || o->result == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "the job is not done");
+    if (o->result == Py_None) /* its commit could not make the result */
+        return PyErr_NoMemory();
+    if (o->op == OP_MAP && PyLong_CheckExact(o->result) && PyLong_AsLong(o->result) == C_FILE)
+        return Py_BuildValue("(iL)", C_FILE, (long long)o->u.map.fsize);
+    return Py_NewRef(o->result);
+}
+
+static PyObject *
+op_get_none(OpObj *o, void *unused)
+{
+    (void)o;
+    (void)unused;
+    Py_RETURN_NONE;
+}
+
+static int
+op_set_error(OpObj *o, PyObject *v, void *unused)
+{
+    (void)o;
+    (void)unused;
+    if (v != NULL && v != Py_None) {
+        PyErr_SetString(PyExc_AttributeError, "a job's outcome is its result");
+        return -1;
+    }
+    return 0;
+}
+
+static PyMethodDef op_methods[] = {
+    {"outcome", (PyCFunction)op_outcome, METH_NOARGS, "The committed result (once delivered)."},
+    {NULL},
+};
+
+static PyMemberDef op_members[] = {
+    {"waiter", T_OBJECT, offsetof(OpObj, waiter), 0, "the future or task that waits"},
+    {"delivered", T_BOOL, offsetof(OpObj, delivered), READONLY,
+     "committed and handed to its waiter"},
+    {NULL},
+};
+
+static PyGetSetDef op_getset[] = {
+    {"error", (getter)op_get_none, (setter)op_set_error, "always None (codes are results)",
+     NULL},
+    {"ticket", (getter)op_get_none, NULL, "always None (a job never waits at the gate)", NULL},
+    {NULL},
+};
+
+static PyTypeObject OpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Job",
+    .tp_basicsize = sizeof(OpObj),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One map, unmap or persist of the async API, run by the executor.",
+    .tp_traverse = (traverseproc)op_traverse,
+    .tp_clear = (inquiry)op_clear,
+    .tp_dealloc = (destructor)op_dealloc,
+    .tp_methods = op_methods,
+    .tp_members = op_members,
+    .tp_getset = op_getset,
+};
+
+/* -- ports --------------------------------------------------------------------------------- */
+
+static PyObject *
+port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *how, *schedule = Py_None;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Port(how, schedule=None)");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O|O:Port", &how, &schedule) || check_how(how) < 0)
+        return NULL;
+    if (schedule != Py_None && !PyCallable_Check(schedule)) {
+        PyErr_SetString(PyExc_TypeError, "Port: schedule must be callable or None");
+        return NULL;
+    }
+    PortObj *p = (PortObj *)type->tp_alloc(type, 0);
+    if (p == NULL)
+        return NULL;
+    if (schedule != Py_None)
+        p->schedule = Py_NewRef(schedule);
+    pthread_mutex_init(&p->mu, NULL);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(p);
+        return NULL;
+    }
+    p->how = Py_NewRef(how);
+    pthread_mutex_lock(&ports_mu);
+    p->next_port = all_ports;
+    if (all_ports)
+        all_ports->prev_port = p;
+    all_ports = p;
+    p->registered = 1;
+    pthread_mutex_unlock(&ports_mu);
+    return (PyObject *)p;
+}
+
+static void
+port_dealloc(PortObj *p)
+{
+    /* No job can be listed: each holds a reference to its port. */
+    if (p->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)p);
+    if (p->registered) {
+        pthread_mutex_lock(&ports_mu);
+        if (p->prev_port)
+            p->prev_port->next_port = p->next_port;
+        else if (all_ports == p)
+            all_ports = p->next_port;
+        if (p->next_port)
+            p->next_port->prev_port = p->prev_port;
+        pthread_mutex_unlock(&ports_mu);
+    }
+    if (p->efd >= 0)
+        close(p->efd);
+    pthread_mutex_destroy(&p->mu);
+    Py_XDECREF(p->how);
+    Py_XDECREF(p->schedule);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+/* drain(): on the event loop, when the eventfd is readable: commit every finished job (no
+   Python code runs meanwhile), then wake each one's task. */
+static PyObject *
+port_drain(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    uint64_t v;
+    while (read(p->efd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&p->mu);
+    OpObj *list = p->head;
+    p->head = p->tail = NULL;
+    p->signaled = p->held = 0;
+    pthread_mutex_unlock(&p->mu);
+    for (OpObj *o = list; o; o = o->next_done)
+        op_commit(o);
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    for (OpObj *o = list, *next; o; o = next) {
+        next = o->next_done;
+        o->next_done = NULL;
+        o->delivered = 1;
+        if (o->waiter != NULL && wake_waiter(o->waiter, p->how, (PyObject *)o) < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &tb);
+            else
+                PyErr_WriteUnraisable((PyObject *)p);
+        }
+        p->inflight--;
+        Py_DECREF(o); /* the executor's */
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+port_fileno(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    if (p->efd < 0)
+        return PyErr_Format(PyExc_ValueError, "the port is closed");
+    return PyLong_FromLong(p->efd);
+}
+
+/* close(): release the eventfd now (its event loop is done with it); a port with jobs in
+   flight keeps it until they are drained... by nobody, so until the port dies. */
+static PyObject *
+port_close(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    if (p->efd >= 0 && p->inflight == 0) {
+        close(p->efd);
+        p->efd = -1;
+    }
+    Py_RETURN_NONE;
+}
+
+/* flush(): the deferred wake-up of the workers for the jobs submitted since the last one. */
+static PyObject *
+port_flush(PortObj *p, PyObject *unused)
+{
+    (void)unused;
+    p->flush_scheduled = 0;
+    exec_flush();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef port_methods[] = {
+    {"flush", (PyCFunction)port_flush, METH_NOARGS,
+     "Wake a worker for the jobs submitted since the last flush (the loop calls it soon)."},
+    {"drain", (PyCFunction)port_drain, METH_NOARGS,
+     "Commit the finished jobs and wake their tasks (on the port's event loop)."},
+    {"fileno", (PyCFunction)port_fileno, METH_NOARGS,
+     "The eventfd to watch: readable when finished jobs wait."},
+    {"close", (PyCFunction)port_close, METH_NOARGS,
+     "Release the eventfd (unless jobs are in flight: then when the port dies)."},
+    {NULL},
+};
+
+static PyMemberDef port_members[] = {
+    {"how", T_OBJECT, offsetof(PortObj, how), READONLY, "how a job's task is woken"},
+    {"fd", T_INT, offsetof(PortObj, efd), READONLY, "the eventfd, -1 once closed"},
+    {NULL},
+};
+
+static PyTypeObject PortType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "aiopmem._ffi._core.Port",
+    .tp_basicsize = sizeof(PortObj),
+    .tp_weaklistoffset = offsetof(PortObj, weakreflist),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Port(how, schedule=None): where one event loop's finished jobs wait for it; "
+              "schedule (the loop's call_soon) defers worker wake-ups to one per iteration.",
+    .tp_new = port_new,
+    .tp_dealloc = (destructor)port_dealloc,
+    .tp_methods = port_methods,
+    .tp_members = port_members,
+};
+
+/* The executor's rescue hook (an idle worker, no GIL): commit the finished jobs that waited
+   EXEC_RESCUE_AFTER or longer for their event loop's drain (the loop stopped, or is blocked):
+   their admissions and claims are given back whatever becomes of the loop; the loop's drain,
+   if it ever comes, then only wakes their tasks. Returns when to look again (0: nothing waits). */
+static unsigned long long rescued;
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define IS_FINALIZING() Py_IsFinalizing()
+#else
+#define IS_FINALIZING() _Py_IsFinalizing()
+#endif
+
+static double
+rescue_ports(void)
+{
+    double now = exec_now(), oldest = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        for (OpObj *o = p->head; o; o = o->next_done)
+            if (!o->committed && (oldest == 0 || o->finished_at < oldest))
+                oldest = o->finished_at;
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
+    if (oldest == 0)
+        return 0;
+    if (now - oldest < EXEC_RESCUE_AFTER)
+        return EXEC_RESCUE_AFTER - (now - oldest);
+    if (IS_FINALIZING())
+        return 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    /* Under the GIL no drain runs; a job is committed at most once (its flag). */
+    now = exec_now();
+    double next = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port) {
+        pthread_mutex_lock(&p->mu);
+        for (OpObj *o = p->head; o; o = o->next_done) {
+            if (o->committed)
+                continue;
+            if (now - o->finished_at >= EXEC_RESCUE_AFTER) {
+                op_commit(o);
+                rescued++;
+            }
+            else if (next == 0 || EXEC_RESCUE_AFTER - (now - o->finished_at) < next)
+                next = EXEC_RESCUE_AFTER - (now - o->finished_at);
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&ports_mu);
+    PyGILState_Release(g);
+    return next;
+}
+
+/* fork(): every mutex a worker may hold is taken by the forking thread across the fork, in the
+   lock order (ports_mu, each port's, the executor's, dev_mu, inj_mu), so the child's copies
+   are consistent and none is held by a thread that does not exist there. */
+static void
+core_fork_prepare(void)
+{
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_lock(&p->mu);
+    exec_fork_prepare();
+    pthread_mutex_lock(&dev_mu);
+    pthread_mutex_lock(&inj_mu);
+}
+
+static void
+core_fork_parent(void)
+{
+    pthread_mutex_unlock(&inj_mu);
+    pthread_mutex_unlock(&dev_mu);
+    exec_fork_parent();
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&ports_mu);
+}
+
+static void
+core_fork_child(void)
+{
+    pthread_mutex_init(&inj_mu, NULL);
+    pthread_mutex_init(&dev_mu, NULL);
+    exec_fork_child();
+    for (PortObj *p = all_ports; p; p = p->next_port)
+        pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&ports_mu, NULL);
+}
+
+/* executor_after_fork(): called in a forked child (os.register_at_fork). */
+static PyObject *
+executor_after_fork(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    int pending = 0;
+    pthread_mutex_lock(&ports_mu);
+    for (PortObj *p = all_ports; p && !pending; p = p->next_port)
+        for (OpObj *o = p->head; o && !pending; o = o->next_done)
+            pending = !o->committed;
+    pthread_mutex_unlock(&ports_mu);
+    int e = exec_after_fork(pending);
+    if (e) {
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* executor_stats() -> dict of the executor's counters. */
+static PyObject *
+executor_stats(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    pthread_mutex_lock(&ex.mu);
+    long threads = ex.threads, idle = ex.idle, running = ex.running, spare = ex.spare,
+         queued = ex.queued, max_workers = ex.max_workers;
+    unsigned long long started = ex.started, retired = ex.retired, ran = ex.ran;
+    double idle_exit = ex.idle_exit;
+    pthread_mutex_unlock(&ex.mu);
+    return Py_BuildValue("{slslslslslslsdsKsKsKsK}", "threads", threads, "idle", idle,
+                         "running", running, "spare", spare, "queued", queued, "max_workers",
+                         max_workers, "idle_exit", idle_exit, "started", started, "retired",
+                         retired, "ran", ran, "rescued", rescued);
+}
+
+/* executor_configure(max_workers, idle_exit): None leaves a setting as it is. */
+static PyObject *
+executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit)");
+    long n = -1;
+    double t = -1;
+    if (args[0] != Py_None && ((n = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if (args[1] != Py_None && ((t = PyFloat_AsDouble(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
+    if ((args[0] != Py_None && (n < 1 || n > 1024)) ||
+        (args[1] != Py_None && !(t > 0 && t <= 86400))) {
+        PyErr_SetString(PyExc_ValueError, "max_workers: 1..1024, idle_exit: (0, 86400]");
+        return NULL;
+    }
+    pthread_mutex_lock(&ex.mu);
+    if (n > 0)
+        ex.max_workers = (int)n;
+    if (t > 0)
+        ex.idle_exit = t;
+    pthread_cond_broadcast(&ex.idle_cv); /* idle ones look at the new deadline */
+    pthread_mutex_unlock(&ex.mu);
+    Py_RETURN_NONE;
+}
