@@ -226,6 +226,18 @@ class Stall(Figure):
                 Metric(f"{label}_mb_per_s", f"{label}: map+write+persist", "MB/s"),
                 Metric(f"{label}_rsv_write_stall_ms", f"{label}: longest, await rsv.write()", "ms"),
                 Metric(
+                    f"{label}_rsv_write_cpu_wait_ms",
+                    f"{label}: ... of it waiting for a CPU",
+                    "ms",
+                    True,
+                ),
+                Metric(
+                    f"{label}_rsv_write_library_ms",
+                    f"{label}: ... awaiting aiopmem",
+                    "ms",
+                    True,
+                ),
+                Metric(
                     f"{label}_rsv_write_mb_per_s",
                     f"{label}: map+rsv.write+rsv.persist",
                     "MB/s",
@@ -299,6 +311,8 @@ class Stall(Figure):
             elapsed = time.perf_counter() - t0 - self.idle
             os.posix_fadvise(self.fd, base, self.segment, os.POSIX_FADV_DONTNEED)
             out[f"{label}_rsv_write_stall_ms"] = got["all"] * 1e3
+            out[f"{label}_rsv_write_cpu_wait_ms"] = got["all_cpu_wait"] * 1e3
+            out[f"{label}_rsv_write_library_ms"] = max(got["library"], got["write"]) * 1e3
             out[f"{label}_rsv_write_mb_per_s"] = self.segment / 1e6 / elapsed
         return out
 

@@ -75,6 +75,25 @@ def is_free(start: int, end: int) -> bool:
     return not vmas_in(start, end)
 
 
+#: glibc's malloc arenas of threads other than the main one: HEAP_MAX_SIZE-aligned blocks of
+#: that size (64 MiB on 64-bit), read-write at their start, PROT_NONE after.
+ARENA = 64 << 20
+
+
+def released(start: int, end: int) -> bool:
+    """Nothing of what was in [start, end) is left: the range is free, or what is there now
+    is only malloc arenas another thread made in it since (the kernel reuses freed address
+    space at once: a new thread's first malloc can land right there)."""
+    left = vmas_in(start, end)
+    blocks = {v.start - v.start % ARENA for v in left}
+    for block in blocks:
+        mine = [v for v in left if block <= v.start < block + ARENA]
+        head = min(mine, key=lambda v: v.start)
+        if head.start != block or head.perms != "rw-p" or max(v.end for v in mine) > block + ARENA:
+            return False
+    return True
+
+
 def is_placeholder(v: Vma) -> bool:
     return v.perms == "---p" and v.inode == 0 and v.path == ""
 

@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -352,3 +353,55 @@ def test_a_forked_child_has_a_working_executor() -> None:
         finally:
             os._exit(code)
     _wait_child(pid)
+
+
+@pytest.mark.anyio
+async def test_the_async_data_path_runs_no_python_in_worker_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reserve(), a map of a path (open + check, then the map), the memory operations,
+    persist, unmap and aclose() are jobs of the C executor (extend and shrink of the tail run
+    inline): none of them hands a Python call to the worker pool (whose threads would run the
+    core's Python) when nothing makes them wait at the gate."""
+    from aiopmem._async import _dispatch
+
+    hops: list[object] = []
+    real = _dispatch.submit  # type: ignore[attr-defined]
+
+    def counted(job: object) -> None:
+        hops.append(job)
+        real(job)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_dispatch, "submit", counted)
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * (1 << 20))
+    async with aiopmem.reserve(16 << 20) as rsv:
+        m = await rsv.map_file(path, 0)
+        ro = await rsv.map_file(str(path), 2 << 20, length=4096, protection=aiopmem.Protection.READ)
+        a = await rsv.map_anonymous(4 << 20, 1 << 20, populate=True)
+        await m.write(0, b"abc")
+        assert await rsv.read(0, 3) == b"abc" and await ro.read(0, 3) == b"abc"
+        await m.populate()
+        await m.advise(aiopmem.Advice.SEQUENTIAL)
+        await a.lock()
+        await a.unlock()
+        await a.protect(aiopmem.Protection.READ)
+        await rsv.persist()
+        await m.persist()
+        for mapping in (m, ro):
+            await mapping.unmap()
+        await rsv.extend(4096)  # inside the headroom
+        await rsv.shrink(rsv.size - 4096, 4096)  # the tail
+    # aclose() unmapped `a` and released everything, as a job too.
+    assert hops == []
+    # Past the headroom (the placeholder after the end) and at the front (a munmap): jobs.
+    address = kernel.quiet_address(64 << 20)
+    async with aiopmem.reserve(16 << 20, address=address, max_size=16 << 20) as rsv:
+        await rsv.extend(1 << 20)
+        assert rsv.max_size == rsv.size == 17 << 20
+        await rsv.shrink(0, 1 << 20)
+        assert rsv.address == address + (1 << 20)
+        kernel.assert_matches_kernel(rsv.sync)
+    assert kernel.is_free(address, address + (64 << 20))
+    assert hops == []
+    assert a.closed and path.read_bytes()[:3] == b"abc"

@@ -706,3 +706,105 @@ def test_huge_pages_back_an_aligned_advised_populated_mapping() -> None:
             huge = kernel.smaps(m.address, m.address + m.size).get("AnonHugePages", 0)
         assert huge >= THP, kernel.smaps(m.address, m.address + m.size)
         assert "hg" in kernel.vm_flags(m.address)
+
+
+def test_a_view_never_gets_access_a_protect_took_away() -> None:
+    """view() racing protect() in another thread: the view gets the access the mapping has
+    when it is registered, never what the caller saw before (a store through a view that a
+    protect made read-only would crash the interpreter). In a subprocess: a crash is a
+    failure, not the end of the suite."""
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        from aiopmem.sync import reserve, Protection, NoAccessError
+        sys.setswitchinterval(1e-6)
+        RW = Protection.READ | Protection.WRITE
+        rsv = reserve(1 << 20)
+        m = rsv.map_anonymous(0, 4096)
+        stop = False
+        def toggler():
+            while not stop:
+                for p in (Protection.READ, Protection.NONE):
+                    try:
+                        m.protect(p)
+                    except BufferError:
+                        pass
+                    m.protect(RW)
+        t = threading.Thread(target=toggler, daemon=True)
+        t.start()
+        deadline, n, refused = time.time() + 2, 0, 0
+        while time.time() < deadline:
+            try:
+                v = m.view()
+            except NoAccessError:
+                refused += 1
+                continue
+            if not v.readonly:
+                v[0] = 1
+            else:
+                v[0]
+            v.release()
+            n += 1
+        stop = True
+        t.join()
+        print("views", n, "refused", refused)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert out.stdout.startswith("views ")
+
+
+def test_a_refused_trim_of_the_alignment_padding_unmaps_only_its_own() -> None:
+    """reserve(alignment=) gives the head padding back, then the tail; if the tail's munmap is
+    refused, the reservation fails and releases what it still holds, and nothing that another
+    thread mapped meanwhile in the head's freed range."""
+    import ctypes
+
+    import aiopmem.sync as s
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    g = 1 << 30
+    before = {(v.start, v.end) for v in kernel.vmas()}
+    taken: list[int] = []
+
+    def take_the_freed_head() -> None:
+        time.sleep(0.15)  # inside the delay of the tail's munmap: the head is free again
+        for v in kernel.vmas():
+            if (v.start, v.end) not in before and kernel.is_placeholder(v) and v.start % g == 0:
+                p = libc.mmap(v.start - P, P, 3, 0x22 | 0x100000, -1, 0)  # FIXED_NOREPLACE
+                if p not in (None, 2**64 - 1):
+                    taken.append(p)
+                return
+
+    for _ in range(10):
+        t = threading.Thread(target=take_the_freed_head)
+        t.start()
+        refused: list[int | None] = []
+        try:
+            with inject("munmap", errno=errno.ENOMEM, after=1, times=1, delay=0.4):
+                rsv = s.reserve(MiB, max_size=MiB, alignment=g)
+        except OSError as exc:
+            refused.append(exc.errno)
+        else:
+            rsv.close()  # the head was not trimmed (already aligned): try again
+        t.join()
+        assert refused in ([], [errno.ENOMEM])
+        if taken:
+            break
+    assert taken, "could not place a page in the freed head"
+    (v,) = kernel.vmas_in(taken[0], taken[0] + P)
+    assert (v.start, v.perms) == (taken[0], "rw-p")  # still there
+    libc.munmap(taken[0], P)

@@ -20,6 +20,7 @@ Cancellation policy (each method's docstring says which case applies to it):
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
@@ -31,10 +32,10 @@ from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._mapping import Mapping as _MAPPING
-from .._core._reservation import MapPlan, c_offset_length, file_refusal
-from .._core._source import FileSource
+from .._core._reservation import MapPlan, c_offset_length, file_refusal, reserve_args, reserved
+from .._core._source import FileSource, fd_error, open_error, path_flags, path_label
 from .._ffi import C_CLOSED as _C_CLOSED
-from .._ffi import C_WOULD_BLOCK
+from .._ffi import C_WOULD_BLOCK, OwnedFd, reserve_job
 from ._dispatch import run_blocking, run_job, run_mem
 from ._mapping import Mapping
 from ._opening import Opening
@@ -221,11 +222,16 @@ class Reservation(metaclass=NoPublicConstructor):
         sharing: Sharing,
     ) -> Mapping:
         core = self._core
-        plan = core._fd_plan(file, offset, length, file_offset, protection, sharing)
-        if plan is not None:
-            m = await self._map_job(plan, True)
+        if isinstance(file, (str, bytes, os.PathLike)):
+            m = await self._map_path(file, offset, length, file_offset, protection, sharing)
             if m is not None:
                 return m
+        else:
+            plan = core._fd_plan(file, offset, length, file_offset, protection, sharing)
+            if plan is not None:
+                m = await self._map_job(plan, True)
+                if m is not None:
+                    return m
         # The blocking path: a path to open, an argument to coerce, an error to report in
         # the contract's order, or a reservation whose gate would make the map wait.
         call = partial(
@@ -252,7 +258,51 @@ class Reservation(metaclass=NoPublicConstructor):
         mapped: _core.Mapping = await run_blocking(call, undo=_unmap_core)
         return self._wrap(mapped)  # type: ignore[return-value]
 
-    async def _map_job(self, plan: MapPlan, check_fd: bool) -> Mapping | None:
+    async def _map_path(
+        self,
+        file: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        offset: object,
+        length: object,
+        file_offset: object,
+        protection: object,
+        sharing: object,
+    ) -> Mapping | None:
+        """A map of a path as two jobs of the executor: the open with the descriptor's check,
+        then (the file's size known: the claim needs it) the map, whose worker also closes the
+        descriptor. None when the map cannot begin without waiting: the blocking path then
+        maps the file (opening it again)."""
+        core = self._core
+        off, n, foff, prot, shar = core._path_args(offset, length, file_offset, protection, sharing)
+        path = os.fspath(file)
+        label = path_label(path)
+        writable = shar is Sharing.SHARED and Protection.WRITE in prot
+
+        def opened(r: Any) -> tuple[Any, int, int]:
+            if type(r) is int:
+                raise open_error(path, writable, OSError(r, os.strerror(r), path))
+            owned, check, _ = r
+            if check < 0:
+                owned.close()
+                raise fd_error(owned.fd, check, label)
+            return r  # type: ignore[no-any-return]
+
+        r = await run_job(core._open_job, (path, path_flags(writable)), opened, _close_owned)
+        if type(r) is int:  # not begun (cannot happen: an open never waits)
+            return None
+        owned, size, dev = r
+        try:
+            plan = core._file_plan(off, n, foff, prot, shar, owned.fd, size, label, dev)
+            m = await self._map_job(plan, False, owned)
+            if m is None:  # the gate would make the map wait: in a worker, with this descriptor
+                mapped: _core.Mapping = await run_blocking(core._map_at, *plan, undo=_unmap_core)
+                m = self._wrap(mapped)
+            return m
+        finally:
+            owned.close()  # unless the map job took it (then it is closed in the worker)
+
+    async def _map_job(
+        self, plan: MapPlan, check_fd: bool, owned: OwnedFd | None = None
+    ) -> Mapping | None:
         """The map as a job of the executor; None when it did not begin and the blocking path
         must take over (the gate would wait; with ``check_fd``, any refusal of the begin but
         a closed reservation: the blocking path then reports the descriptor's errors first).
@@ -269,7 +319,7 @@ class Reservation(metaclass=NoPublicConstructor):
             return r  # type: ignore[no-any-return]
 
         args = (_MAPPING, off, c_n, bits, kind, fd, file_offset, dev, protection, sharing, label)
-        r = await run_job(core._map_job, (*args, check_fd), check, undo=_unmap_core)
+        r = await run_job(core._map_job, (*args, check_fd, owned), check, undo=_unmap_core)
         if type(r) is not int:
             return self._wrap(r)
         if r == C_WOULD_BLOCK or (check_fd and r != _C_CLOSED):
@@ -346,9 +396,12 @@ class Reservation(metaclass=NoPublicConstructor):
         core = self._core
         await anyio.lowlevel.checkpoint()
         code = core._extend_nowait(size)
-        if code == C_WOULD_BLOCK:
-            await run_blocking(core.extend, size)
-        elif code:
+        if code == C_WOULD_BLOCK:  # past the headroom (a syscall), or the gate is busy
+            code = await run_job(core._extend_job, (size,), int)
+            if code == C_WOULD_BLOCK:
+                await run_blocking(core.extend, size)
+                return
+        if code:
             core._extend_failed(size, code)
 
     async def shrink(self, offset: int, size: int) -> None:
@@ -362,9 +415,12 @@ class Reservation(metaclass=NoPublicConstructor):
         core = self._core
         await anyio.lowlevel.checkpoint()
         code = core._shrink_nowait(offset, size)
-        if code == C_WOULD_BLOCK:
-            await run_blocking(core.shrink, offset, size)
-        elif code:
+        if code == C_WOULD_BLOCK:  # a front shrink (a munmap), or the gate is busy
+            code = await run_job(core._shrink_job, (offset, size), int)
+            if code == C_WOULD_BLOCK:
+                await run_blocking(core.shrink, offset, size)
+                return
+        if code:
             core._shrink_failed(offset, size, code)
 
     async def aclose(self) -> None:
@@ -379,10 +435,17 @@ class Reservation(metaclass=NoPublicConstructor):
             BufferError: a view of some mapping is still alive; nothing is changed.
             OSError: the kernel refused (see ``aiopmem.sync.Reservation.close``).
         """
-        if self._core.closed:
+        core = self._core
+        if core.closed:
             await anyio.lowlevel.checkpoint()
             return
-        await run_blocking(self._core.close, always=True)
+        # A job of the executor when the gate is free; else (or with holes to repair) the
+        # blocking path, which waits for its turn in a worker.
+        r = await run_job(core._close_job, (), core._closed_outcome, always=True)
+        if r == C_WOULD_BLOCK:
+            await run_blocking(core.close, always=True)
+        elif r:
+            core._closed_outcome(r)
 
     async def __aenter__(self) -> Reservation:
         return self
@@ -427,6 +490,10 @@ def _unmap_core(mapping: _core.Mapping) -> None:
     mapping.unmap()
 
 
+def _close_owned(opened: tuple[OwnedFd, int, int]) -> None:
+    opened[0].close()
+
+
 def _close_core(rsv: _core.Reservation) -> None:
     rsv.close()
 
@@ -434,6 +501,8 @@ def _close_core(rsv: _core.Reservation) -> None:
 async def _reserve(
     size: int, address: int | None, max_size: int | None, alignment: int | None
 ) -> Reservation:
-    call = partial(_core.reserve, size, address=address, max_size=max_size, alignment=alignment)
-    core = await run_blocking(call, undo=_close_core)
+    args = reserve_args(size, address, max_size, alignment)
+    core: _core.Reservation = await run_job(
+        reserve_job, args, partial(reserved, args=args), undo=_close_core
+    )
     return Reservation._create(core)

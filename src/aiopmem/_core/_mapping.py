@@ -245,6 +245,8 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         off, n = _range(off, n, self._size)
         view = self._rsv._mview(self, off, n, Protection.WRITE not in self._protection)
         if type(view) is int:
+            if view == _C_NOACCESS:  # a protect() in another thread took READ away meanwhile
+                raise NoAccessError(f"the mapping's protection {self._protection} lacks READ")
             raise ClosedError("the mapping is unmapped")
         return view  # type: ignore[no-any-return]
 
@@ -282,8 +284,8 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
 
     @property
     def locked(self) -> bool:
-        """True while the mapping is locked in memory by ``lock()``."""
-        return bool(self._locked)
+        """True while the mapping is locked in memory by ``lock()`` (False once unmapped)."""
+        return bool(self._locked) and self._state != CLOSED
 
     def _open_range(
         self, offset: object, length: object, access: Protection | None

@@ -301,39 +301,81 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
             src = open_source(file, shared and bool(bits & _ffi.PROT_WRITE))
             fd, size, label = src.fd, src.size, src.name
         try:
-            if file_offset & _MASK:
-                raise OffsetUnalignedError(
-                    f"file_offset {file_offset} is not a multiple of {ALIGNMENT}"
-                )
-            if file_offset < 0:
-                raise MapRangeError(f"file_offset {file_offset} is negative")
-            if size == 0:
-                raise _empty_error(label)
-            if not n:
-                if n is not None and n < 0:
-                    raise LengthOutOfRangeError(f"length {n} is negative")
-                if file_offset >= size:
-                    raise MapRangeError(
-                        f"file_offset {file_offset} leaves nothing of {_label(label)} "
-                        f"({size} bytes) to map"
-                    )
-                n = size - file_offset
-            else:
-                if n < 0:
-                    raise LengthOutOfRangeError(f"length {n} is negative")
-                if n & _MASK:
-                    raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
-                if file_offset + n > size:
-                    raise _beyond_error(file_offset, n, size, label)
-            kind = _FILE_SHARED if shared else _FILE_PRIVATE
-            dev = _last_dev() if kind == _FILE_SHARED else 0
             m = self._map_at(
-                offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label
+                *self._file_plan(offset, n, file_offset, protection, sharing, fd, size, label)
             )
         finally:
             if src is not None:
                 src.close()
         return populated(m) if populate else m
+
+    def _file_plan(
+        self,
+        offset: int,
+        n: int | None,
+        file_offset: int,
+        protection: Protection,
+        sharing: Sharing,
+        fd: int,
+        size: int,
+        label: str | int,
+        dev: int | None = None,
+    ) -> MapPlan:
+        """map_file()'s checks 2-5 once the file is open and checked (``size``: its size); what
+        ``_map_at`` takes. ``dev``: the file's st_dev (None: from the check just made)."""
+        if file_offset & _MASK:
+            raise OffsetUnalignedError(
+                f"file_offset {file_offset} is not a multiple of {ALIGNMENT}"
+            )
+        if file_offset < 0:
+            raise MapRangeError(f"file_offset {file_offset} is negative")
+        if size == 0:
+            raise _empty_error(label)
+        if not n:
+            if n is not None and n < 0:
+                raise LengthOutOfRangeError(f"length {n} is negative")
+            if file_offset >= size:
+                raise MapRangeError(
+                    f"file_offset {file_offset} leaves nothing of {_label(label)} "
+                    f"({size} bytes) to map"
+                )
+            n = size - file_offset
+        else:
+            if n < 0:
+                raise LengthOutOfRangeError(f"length {n} is negative")
+            if n & _MASK:
+                raise LengthUnalignedError(f"length {n} is not a multiple of {ALIGNMENT}")
+            if file_offset + n > size:
+                raise _beyond_error(file_offset, n, size, label)
+        bits = _PROT_BITS[protection._value_]
+        if sharing is _SHARED:
+            kind = _FILE_SHARED
+            dev = _last_dev() if dev is None else dev
+        else:
+            kind, dev = _FILE_PRIVATE, 0
+        return offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label
+
+    def _path_args(
+        self,
+        offset: object,
+        length: object,
+        file_offset: object,
+        protection: object,
+        sharing: object,
+    ) -> tuple[int, int | None, int, Protection, Sharing]:
+        """map_file()'s argument checks (types, closed) before a path is opened by a job (the
+        same as map_file() makes inline: there they skip the calls for plain ints, its hot
+        path)."""
+        off = as_int(offset, "offset")
+        n = as_optional_int(length, "length")
+        foff = as_int(file_offset, "file_offset")
+        if type(protection) is not Protection:
+            _check_protection(protection)
+        if type(sharing) is not Sharing:
+            _check_sharing(sharing)
+        if self.closed:
+            raise ClosedError("the reservation is closed")
+        return off, n, foff, protection, sharing  # type: ignore[return-value]
 
     def map_anonymous(
         self,
@@ -560,7 +602,10 @@ class Reservation(_ffi.ReservationBase, metaclass=NoPublicConstructor):
                 open; if some of it was released already, that part is a hole (see
                 ``holes``) and the mappings that lay in it are closed. Call close() again.
         """
-        code = self._close()
+        self._closed_outcome(self._close())
+
+    def _closed_outcome(self, code: int) -> None:
+        """Raise what a close's code stands for (0: closed)."""
         if code:
             if code <= _C_BUSY_BASE:
                 raise busy_error(code, "close the reservation")
@@ -836,6 +881,17 @@ def reserve(
         MappingExistsError: with ``address``, part of the range is occupied.
         OSError: the kernel refused (e.g. ENOMEM above the user address space).
     """
+    args = reserve_args(size, address, max_size, alignment)
+    return reserved(_ffi.reserve(*args), args)
+
+
+#: What ``_ffi.reserve`` (and ``reserve_job`` after its port and waiter) takes: the class,
+#: address (or None), size, max_size (or None), default headroom, alignment (0: the page).
+ReserveArgs: TypeAlias = "tuple[type[Reservation], int | None, int, int | None, int, int]"
+
+
+def reserve_args(size: object, address: object, max_size: object, alignment: object) -> ReserveArgs:
+    """reserve()'s checks, in the contract's order; what ``_ffi.reserve`` takes."""
     n = as_int(size, "size")
     addr = as_optional_int(address, "address")
     limit = as_optional_int(max_size, "max_size")
@@ -866,12 +922,19 @@ def reserve(
         raise os_error(errno.EINVAL)
     if align >= ADDRESS_LIMIT:
         raise os_error(errno.ENOMEM)  # no address but 0 is a multiple of it
-    r = _ffi.reserve(Reservation, addr, n, limit, default_headroom(n), align)
+    return Reservation, addr, n, limit, default_headroom(n), align
+
+
+def reserved(r: object, args: ReserveArgs) -> Reservation:
+    """The reservation ``_ffi.reserve(*args)`` (or its job) made, or the error its code stands
+    for."""
     if type(r) is int:
         if r == _C_EXISTS:
+            _, addr, n, limit, _, _ = args
             assert addr is not None
+            held = n if limit is None else limit
             raise MappingExistsError(
                 f"[{addr:#x}, {addr + held:#x}) is occupied by another mapping"
             )
         raise os_error(r)
-    return r  # type: ignore[no-any-return]
+    return r  # type: ignore[return-value]

@@ -11,7 +11,7 @@ from typing import Final, Protocol, TypeAlias, Union, final
 from .. import _ffi
 from ._errors import InvalidFileHandleError, InvalidFileTypeError, NoAccessError
 
-__all__ = ["Source", "open_source"]
+__all__ = ["Source", "open_error", "open_source", "path_flags", "path_label"]
 
 _FD_MAX: Final = 2**31 - 1
 
@@ -75,6 +75,28 @@ WRITE_HINT: Final = (
 )
 
 
+def path_flags(writable: bool) -> int:
+    """How a path is opened: read-write for a shared mapping with WRITE, read-only otherwise;
+    O_NONBLOCK keeps the open of a FIFO from blocking (it is then refused as not a regular
+    file). O_CLOEXEC is added by the C core."""
+    return (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
+
+
+def path_label(path: str | bytes) -> str:
+    return repr(path) if isinstance(path, bytes) else path
+
+
+def open_error(path: str | bytes, writable: bool, exc: OSError) -> Exception:
+    """The exception for a refused open of ``path`` (``exc``: the OSError of open(2))."""
+    if isinstance(exc, IsADirectoryError):
+        return InvalidFileTypeError(f"{path!r} is a directory")
+    if isinstance(exc, PermissionError):
+        if writable:  # a shared writable mapping needs the file open for writing
+            return NoAccessError(f"cannot open {path!r} for writing: {exc.strerror} ({WRITE_HINT})")
+        return NoAccessError(f"cannot open {path!r}: {exc.strerror}")
+    return exc
+
+
 def open_source(file: object, writable: bool) -> Source:
     """Resolve ``file`` (path, descriptor or ``fileno()`` object) to an open, mappable file.
 
@@ -90,18 +112,11 @@ def open_source(file: object, writable: bool) -> Source:
         return _check_fd(file, f"file descriptor {file}", owned=None)
     if isinstance(file, (str, bytes, os.PathLike)):
         path = os.fspath(file)
-        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
         try:
-            owned = _ffi.open_path(path, flags)
-        except IsADirectoryError:
-            raise InvalidFileTypeError(f"{path!r} is a directory") from None
-        except PermissionError as exc:
-            if writable:  # a shared writable mapping needs the file open for writing
-                raise NoAccessError(
-                    f"cannot open {path!r} for writing: {exc.strerror} ({WRITE_HINT})"
-                ) from None
-            raise NoAccessError(f"cannot open {path!r}: {exc.strerror}") from None
-        return _check_fd(owned.fd, repr(path) if isinstance(path, bytes) else path, owned=owned)
+            owned = _ffi.open_path(path, path_flags(writable))
+        except OSError as exc:
+            raise open_error(path, writable, exc) from None
+        return _check_fd(owned.fd, path_label(path), owned=owned)
     fileno = getattr(file, "fileno", None)
     if fileno is None:
         raise TypeError(

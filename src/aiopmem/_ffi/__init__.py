@@ -72,6 +72,7 @@ from ._core import (
     executor_stats,
     new_view,
     reserve,
+    reserve_job,
     set_ticket,
     wake_or_start,
 )
@@ -166,6 +167,7 @@ __all__ = [
     "pool_submit",
     "raw_fdcheck",
     "reserve",
+    "reserve_job",
     "set_ticket",
     "strerror",
     "wake_or_start",

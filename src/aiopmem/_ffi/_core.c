@@ -21,11 +21,11 @@
  *   _core_state.h      the objects' state, the index of mappings, the admission gate;
  *   _core_map.h        map and unmap (begin, syscalls, commit);
  *   _core_memops.h     memory operations (persist, populate, advise, lock, protect, copies);
+ *   _core_extent.h     reserve, extend, shrink, close;
  *   _core_jobs.h       jobs of the async API and the ports of the event loops (the executor
  *                      itself, which knows nothing of Python, is _exec.h);
- *   _core_extent.h     extend, shrink, close;
  *   _core_objects.h    views, lookups, the two object bases (ReservationBase, MappingBase)
- *                      the Python classes of aiopmem.sync extend, and reserve();
+ *                      the Python classes of aiopmem.sync extend, and reserve() inline;
  *   _core_handoff.h    tickets, owned descriptors, the Python worker pool's handoff;
  * and the module's own table here.
  *
@@ -76,8 +76,8 @@ as_c_int(PyObject *o)
 #include "_core_state.h"
 #include "_core_map.h"
 #include "_core_memops.h"
-#include "_core_jobs.h"
 #include "_core_extent.h"
+#include "_core_jobs.h"
 #include "_core_objects.h"
 #include "_core_handoff.h"
 
@@ -89,6 +89,8 @@ static PyMethodDef module_methods[] = {
     {"live", (PyCFunction)live, METH_O,
      "live(lists) -> number of live windows registered in the lists (dead ones pruned)"},
     {"reserve", (PyCFunction)(void (*)(void))reserve, METH_FASTCALL, NULL},
+    {"reserve_job", (PyCFunction)(void (*)(void))reserve_job, METH_FASTCALL,
+     "reserve_job(port, waiter, cls, address, size, max_size, headroom, alignment) -> Job"},
     {"push", (PyCFunction)inject_push, METH_O, "Activate an injection."},
     {"pop", (PyCFunction)inject_pop, METH_O, "Deactivate an injection."},
     {"intercept", (PyCFunction)intercept, METH_O,

@@ -1,6 +1,85 @@
-/* _core_extent.h: extend, shrink and close of a reservation. Part of _core.c (included once, in
+/* _core_extent.h: reserve, extend, shrink and close of a reservation. Part of _core.c (included once, in
  * order: one translation unit, every function static).
  */
+
+/* -- reserve ------------------------------------------------------------------------------ */
+
+typedef struct {
+    int has_addr, has_limit, err;
+    uint64_t want_addr, n, limit, headroom, align;
+    uint64_t addr, held; /* the outcome */
+} ReserveJob;
+
+/* Parse reserve's arguments (cls, address or None, size, max_size or None, headroom,
+   alignment (0: the page)) and make the object, closed until the range is held: dropped, it
+   releases nothing. A new reference, or NULL. */
+static Core *
+reserve_prepare(PyObject *const *args, Py_ssize_t nargs, ReserveJob *j)
+{
+    if (nargs != 6 || !PyType_Check(args[0]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], &CoreType)) {
+        PyErr_SetString(PyExc_TypeError, "reserve: bad arguments");
+        return NULL;
+    }
+    memset(j, 0, sizeof *j);
+    j->has_addr = args[1] != Py_None;
+    j->has_limit = args[3] != Py_None;
+    j->want_addr = j->has_addr ? PyLong_AsUnsignedLongLong(args[1]) : 0;
+    j->n = PyLong_AsUnsignedLongLong(args[2]);
+    j->limit = j->has_limit ? PyLong_AsUnsignedLongLong(args[3]) : 0;
+    j->headroom = PyLong_AsUnsignedLongLong(args[4]);
+    j->align = PyLong_AsUnsignedLongLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    Core *c = (Core *)cls->tp_alloc(cls, 0);
+    if (c == NULL)
+        return NULL;
+    c->closed = 1;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    return c;
+}
+
+/* Without the GIL: take the range (and the headroom). */
+static void
+reserve_syscalls(ReserveJob *j)
+{
+    uint64_t addr = 0, held = j->has_limit ? j->limit : j->n;
+    int err = 0;
+    if (j->has_addr) {
+        addr = j->want_addr;
+        err = fill_hole(addr, held);
+        if (!err && !j->has_limit) {
+            uint64_t got = 0;
+            err = take_headroom_after(addr + j->n, j->headroom, &got);
+            if (err)
+                sys_munmap(addr, j->n); /* the headroom's failure is the one to report */
+            held += got;
+        }
+    }
+    else if (!j->has_limit)
+        err = take_range_with_headroom(j->n, j->headroom, j->align, &addr, &held);
+    else
+        err = take_range_aligned(held, j->align, &addr);
+    j->err = err;
+    j->addr = addr;
+    j->held = held;
+}
+
+/* The reservation (a new reference; it holds the range from now on), or the int code: an
+   errno, C_EXISTS when the range asked for is occupied. */
+static PyObject *
+reserve_commit(Core *c, ReserveJob *j)
+{
+    if (j->err)
+        return PyLong_FromLong(j->err == EEXIST && j->has_addr ? C_EXISTS : j->err);
+    c->address = j->addr;
+    c->size = j->n;
+    c->max_size = j->held;
+    c->closed = 0;
+    return Py_NewRef((PyObject *)c);
+}
 
 /* -- extend / shrink ----------------------------------------------------------------------- */
 
@@ -187,6 +266,98 @@ core_shrink_nowait(Core *c, PyObject *const *args, Py_ssize_t nargs)
     return code_or_error(shrink_by(c, off, n, 1));
 }
 
+/* -- extend past the headroom, shrink of the front: jobs of the async API ------------------- */
+
+/* The one syscall of an extend past max_size (the placeholder after the end) or of a front
+   shrink (the munmap of the head), made by the executor while the job holds the gate
+   exclusively. */
+typedef struct {
+    int shrink, err;
+    uint64_t lo, len;  /* the syscall's range */
+    uint64_t new_size; /* extend: the size (and max_size) after it */
+} ExtentJob;
+
+static void
+extent_syscalls(ExtentJob *j)
+{
+    j->err = j->shrink ? sys_munmap(j->lo, j->len) : fill_hole(j->lo, j->len);
+}
+
+/* The code (0: done); the gate is given back. */
+static long
+extent_commit(Core *c, ExtentJob *j)
+{
+    long code = 0;
+    if (j->shrink) {
+        if (j->err)
+            code = j->err;
+        else {
+            c->address += j->len;
+            c->size -= j->len;
+            c->max_size -= j->len;
+        }
+    }
+    else if (j->err)
+        code = j->err == EEXIST ? C_EXTEND_EXISTS : j->err;
+    else
+        c->size = c->max_size = j->new_size;
+    c->version++;
+    leave_exclusive(c);
+    return code;
+}
+
+/* The begin of an extend job (size: plain aligned int): 1 begun (exclusive held, `j` set);
+   0 *code: the outcome when no syscall was needed (done inline) or the refusal, C_WOULD_BLOCK
+   when the gate is busy, holes wait for repair, or `size` needs the full checks. */
+static int
+extend_begin(Core *c, PyObject *size, ExtentJob *j, long *code)
+{
+    long long n;
+    memset(j, 0, sizeof *j);
+    *code = 0;
+    if (!plain_aligned(size, &n) || n <= 0) {
+        *code = C_WOULD_BLOCK;
+        return 0;
+    }
+    if (!admit_exclusive_nowait(c, code))
+        return 0;
+    u128 new_size = (u128)c->size + (uint64_t)n;
+    if ((u128)c->address + new_size > ((u128)1 << 64) || new_size <= c->max_size) {
+        c->exclusive = 0; /* nothing happened yet: the inline path does it */
+        *code = C_WOULD_BLOCK;
+        return 0;
+    }
+    j->lo = c->address + c->max_size;
+    j->len = (uint64_t)(c->address + new_size - j->lo);
+    j->new_size = (uint64_t)new_size;
+    return 1;
+}
+
+/* The begin of a front shrink job: as extend_begin; every check of shrink_by is made here
+   (C_WOULD_BLOCK for anything but a front shrink that passes them). */
+static int
+shrink_begin(Core *c, PyObject *offset, PyObject *size, ExtentJob *j, long *code)
+{
+    long long off, n;
+    memset(j, 0, sizeof *j);
+    *code = 0;
+    if (!plain_aligned(offset, &off) || !plain_aligned(size, &n) || off != 0 || n <= 0) {
+        *code = C_WOULD_BLOCK;
+        return 0;
+    }
+    if (!admit_exclusive_nowait(c, code))
+        return 0;
+    if ((uint64_t)n >= c->size || overlaps(c, c->address, c->address + (uint64_t)n)) {
+        c->exclusive = 0; /* refused: the inline path reports it */
+        *code = C_WOULD_BLOCK;
+        return 0;
+    }
+    j->shrink = 1;
+    j->lo = c->address;
+    j->len = (uint64_t)n;
+    return 1;
+}
+
 #define EXTEND_DOC \
     "extend($self, /, size)\n" \
     "--\n" \
@@ -292,17 +463,34 @@ core_shrink_public(Core *c, PyObject *const *args, size_t nargsf, PyObject *kwna
 
 /* -- close --------------------------------------------------------------------------------- */
 
-/* Release everything except holes (something else may live there now). On a failed munmap:
-   the pieces released before it become holes, the mappings in them stay closed, the others
-   open again; returns the errno. */
-static PyObject *
-core_close(Core *c, PyObject *unused)
+typedef struct {
+    Py_ssize_t np, done, nd;
+    uint64_t (*pieces)[2]; /* the ranges to release: everything but the holes */
+    MapObj **drop;         /* the references the index gave up, dropped after the commit */
+    int err;
+} CloseJob;
+
+/* Admission (exclusive), the check for live views, and every allocation the transition needs
+   (the pieces to release, the references to drop, room for the holes a failure would leave);
+   then the mappings are marked closed: no new view while the memory goes away. 1: begun;
+   0: *code is the outcome (0: closed already, a busy code, C_WOULD_BLOCK when not `blocking`
+   and it would wait or holes need repair); -1: exception. */
+static int
+close_begin(Core *c, CloseJob *j, int blocking, long *code)
 {
-    (void)unused;
-    int a = admit_exclusive(c);
-    if (a <= 0)
-        return a < 0 ? NULL : PyLong_FromLong(0);
-    repair_holes(c);
+    memset(j, 0, sizeof *j);
+    *code = 0;
+    if (blocking) {
+        int a = admit_exclusive(c);
+        if (a <= 0)
+            return a < 0 ? -1 : 0;
+        repair_holes(c);
+    }
+    else if (!admit_exclusive_nowait(c, code)) {
+        if (*code == C_CLOSED)
+            *code = 0;
+        return 0;
+    }
     Py_ssize_t alive = 0;
     FOR_EACH(c, p) {
         Entry *e = ENTRY(c, p);
@@ -310,25 +498,27 @@ core_close(Core *c, PyObject *unused)
             Py_ssize_t k = live_of(e->m);
             if (k < 0) {
                 leave_exclusive(c);
-                return NULL;
+                return -1;
             }
             alive += k;
         }
     }
     if (alive) {
         leave_exclusive(c);
-        return PyLong_FromSsize_t(C_BUSY_BASE - alive);
+        *code = C_BUSY_BASE - alive;
+        return 0;
     }
-    /* What the transition needs is allocated before anything changes: the pieces to release,
-       the references to drop, room for the holes a failure would leave. */
-    Py_ssize_t np = 0;
-    uint64_t (*pieces)[2] = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *pieces);
-    MapObj **drop = PyMem_RawMalloc((size_t)(c->n + 1) * sizeof(MapObj *));
-    if (pieces == NULL || drop == NULL || index_reserve_n(c, c->nholes + 1) < 0) {
-        PyMem_RawFree(pieces);
-        PyMem_RawFree(drop);
+    j->pieces = PyMem_RawMalloc((size_t)(c->nholes + 1) * sizeof *j->pieces);
+    j->drop = PyMem_RawMalloc((size_t)(c->n + 1) * sizeof(MapObj *));
+    if (j->pieces == NULL || j->drop == NULL || index_reserve_n(c, c->nholes + 1) < 0) {
+        PyMem_RawFree(j->pieces);
+        PyMem_RawFree(j->drop);
+        j->pieces = NULL;
+        j->drop = NULL;
         leave_exclusive(c);
-        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        return -1;
     }
     uint64_t pos = c->address, end = c->address + c->max_size;
     FOR_EACH(c, p) {
@@ -336,37 +526,52 @@ core_close(Core *c, PyObject *unused)
         if (e->kind != E_HOLE)
             continue;
         if (e->start > pos) {
-            pieces[np][0] = pos;
-            pieces[np][1] = e->start;
-            np++;
+            j->pieces[j->np][0] = pos;
+            j->pieces[j->np][1] = e->start;
+            j->np++;
         }
         pos = e->end;
     }
     if (end > pos) {
-        pieces[np][0] = pos;
-        pieces[np][1] = end;
-        np++;
+        j->pieces[j->np][0] = pos;
+        j->pieces[j->np][1] = end;
+        j->np++;
     }
     FOR_EACH(c, p) {
         Entry *e = ENTRY(c, p);
         if (e->kind == E_MAPPED)
-            e->m->state = ST_CLOSED; /* no new view while the memory goes away */
+            e->m->state = ST_CLOSED;
     }
     c->version++;
-    Py_ssize_t done = 0, nd = 0;
-    int err = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (; done < np; done++) {
-        err = sys_munmap(pieces[done][0], pieces[done][1] - pieces[done][0]);
-        if (err)
+    return 1;
+}
+
+/* Without the GIL: release the pieces, stopping at the first refusal. */
+static void
+close_syscalls(CloseJob *j)
+{
+    j->err = 0;
+    for (; j->done < j->np; j->done++) {
+        j->err = sys_munmap(j->pieces[j->done][0], j->pieces[j->done][1] - j->pieces[j->done][0]);
+        if (j->err)
             break;
     }
-    Py_END_ALLOW_THREADS
-    if (!err) {
+}
+
+/* Release everything except holes (something else may live there now). On a failed munmap:
+   the pieces released before it become holes, the mappings in them stay closed, the others
+   open again. Returns the errno (0: closed). The references the index held are left in
+   j->drop for close_drop(), outside the transition. */
+static long
+close_commit(Core *c, CloseJob *j)
+{
+    Py_ssize_t done = j->done;
+    uint64_t (*pieces)[2] = j->pieces;
+    if (!j->err) {
         FOR_EACH(c, p) {
             Entry *e = ENTRY(c, p);
             if (e->kind == E_MAPPED)
-                drop[nd++] = e->m;
+                j->drop[j->nd++] = e->m;
         }
         for (Py_ssize_t b = 0; b < c->nb; b++)
             PyMem_RawFree(c->bk[b]);
@@ -390,7 +595,7 @@ core_close(Core *c, PyObject *unused)
             }
             MapObj *m = index_remove_at(c, p);
             if (m != NULL) {
-                drop[nd++] = m;
+                j->drop[j->nd++] = m;
                 c->nmapped--;
             }
             if (p.b < c->nb && p.i >= c->bk[p.b]->n) { /* the next entry is in the next bucket */
@@ -403,9 +608,40 @@ core_close(Core *c, PyObject *unused)
     }
     c->version++;
     leave_exclusive(c);
+    PyMem_RawFree(j->pieces);
+    j->pieces = NULL;
+    return j->err;
+}
+
+/* Drop the references a committed close left (this can run finalizers: not in a commit). */
+static void
+close_drop(CloseJob *j)
+{
+    MapObj **drop = j->drop;
+    Py_ssize_t nd = j->nd;
+    j->drop = NULL;
+    j->nd = 0;
     for (Py_ssize_t k = 0; k < nd; k++)
         Py_DECREF(drop[k]);
     PyMem_RawFree(drop);
-    PyMem_RawFree(pieces);
+    PyMem_RawFree(j->pieces);
+    j->pieces = NULL;
+}
+
+/* _close() -> 0 (closed, or closed already), a busy code, or the errno of a refusal. */
+static PyObject *
+core_close(Core *c, PyObject *unused)
+{
+    (void)unused;
+    CloseJob j;
+    long code;
+    int r = close_begin(c, &j, 1, &code);
+    if (r <= 0)
+        return r < 0 ? NULL : PyLong_FromLong(code);
+    Py_BEGIN_ALLOW_THREADS
+    close_syscalls(&j);
+    Py_END_ALLOW_THREADS
+    long err = close_commit(c, &j);
+    close_drop(&j);
     return PyLong_FromLong(err);
 }

@@ -63,22 +63,6 @@ set_ticket(PyObject *module, PyObject *arg)
 
 /* ============================================================================= files ==== */
 
-/* A descriptor the library opened (map_file of a path): closed when the object dies, so that
-   no interruption between the open and the close can leak it. */
-typedef struct {
-    PyObject_HEAD
-    int fd;
-} OwnedFd;
-
-static void
-owned_close_fd(OwnedFd *o)
-{
-    int fd = o->fd;
-    if (fd >= 0) {
-        o->fd = -1;
-        close(fd); /* on Linux the descriptor is released even when close reports EINTR */
-    }
-}
 
 static PyObject *
 owned_close(OwnedFd *o, PyObject *unused)

@@ -11,7 +11,48 @@
    come between a claim and the job that stands for it; a job is never abandoned: its commit
    runs whether or not its caller still waits. */
 
-enum { OP_MAP = 0, OP_UNMAP = 1, OP_MEM = 2 };
+enum { OP_MAP = 0, OP_UNMAP = 1, OP_MEM = 2, OP_OPEN = 3, OP_RESERVE = 4, OP_CLOSE = 5, OP_EXTENT = 6 };
+
+/* The open of a path for map_file, with the descriptor's check (fcntl + fstat): the first of
+   the two jobs of a map of a path (the second, the map, needs the file's size for its claim). */
+typedef struct {
+    PyObject *path; /* bytes, a strong reference (read without the GIL: immutable) */
+    int flags, fd, err;
+    int64_t check; /* ap_fdcheck's result: the size, or a negative code */
+    uint64_t dev;
+} OpenJob;
+
+/* Without the GIL: open(2) with O_CLOEXEC, then the check (both injectable). */
+static void
+open_syscalls(OpenJob *j)
+{
+    j->fd = -1;
+    j->err = 0;
+    for (;;) {
+        int e = inject_check(SC_OPEN);
+        if (e == EINTR)
+            continue;
+        if (e) {
+            j->err = e;
+            return;
+        }
+        j->fd = open(PyBytes_AS_STRING(j->path), j->flags | O_CLOEXEC);
+        if (j->fd >= 0)
+            break;
+        if (errno != EINTR) {
+            j->err = errno;
+            return;
+        }
+    }
+    int e;
+    while ((e = inject_check(SC_FSTAT)) == EINTR)
+        ;
+    if (e)
+        j->check = -(int64_t)e;
+    else
+        while ((j->check = ap_fdcheck_dev(j->fd, &j->dev)) == -EINTR)
+            ;
+}
 
 typedef struct PortObj PortObj;
 
@@ -32,6 +73,10 @@ typedef struct OpObj {
         MapJob map;
         UnmapJob unmap;
         MemJob mem;
+        OpenJob open;
+        ReserveJob reserve;
+        CloseJob close;
+        ExtentJob extent;
     } u;
 } OpObj;
 
@@ -75,6 +120,14 @@ op_run(ExecJob *job)
         map_syscalls(&o->u.map);
     else if (o->op == OP_UNMAP)
         unmap_syscalls(&o->u.unmap);
+    else if (o->op == OP_OPEN)
+        open_syscalls(&o->u.open);
+    else if (o->op == OP_RESERVE)
+        reserve_syscalls(&o->u.reserve);
+    else if (o->op == OP_CLOSE)
+        close_syscalls(&o->u.close);
+    else if (o->op == OP_EXTENT)
+        extent_syscalls(&o->u.extent);
     else
         mem_syscalls(&o->u.mem);
 }
@@ -175,6 +228,24 @@ op_start(OpObj *o)
     return 0;
 }
 
+/* An open job's commit: its descriptor in an OwnedFd (closed when that dies, so a job whose
+   caller is gone leaks nothing), or the errno of the open. */
+static PyObject *
+open_commit(OpenJob *j)
+{
+    if (j->err)
+        return PyLong_FromLong(j->err);
+    OwnedFd *f = PyObject_New(OwnedFd, &OwnedFdType);
+    if (f == NULL) {
+        close(j->fd);
+        j->fd = -1;
+        return NULL;
+    }
+    f->fd = j->fd;
+    j->fd = -1;
+    return (PyObject *)f;
+}
+
 /* Commit once (GIL held; whoever comes first: the drain or the rescue). No Python code runs
    and nothing is collected meanwhile: the results are ints or the mapping. */
 static void
@@ -188,6 +259,14 @@ op_commit(OpObj *o)
         r = map_commit(o->core, o->m, &o->u.map);
     else if (o->op == OP_UNMAP)
         r = PyLong_FromLong(unmap_commit(o->core, o->m, &o->u.unmap));
+    else if (o->op == OP_OPEN)
+        r = open_commit(&o->u.open);
+    else if (o->op == OP_RESERVE)
+        r = reserve_commit(o->core, &o->u.reserve);
+    else if (o->op == OP_CLOSE)
+        r = PyLong_FromLong(close_commit(o->core, &o->u.close));
+    else if (o->op == OP_EXTENT)
+        r = PyLong_FromLong(extent_commit(o->core, &o->u.extent));
     else
         r = mem_commit(o->core, &o->u.mem);
     if (r == NULL) { /* committed all the same; the caller gets MemoryError */
@@ -258,11 +337,19 @@ op_on_mapping(Core *c, PyObject *const *args, int op, MapObj **m)
 static PyObject *
 core_map_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 14)
+    if (nargs != 14 && nargs != 15)
         return PyErr_Format(PyExc_TypeError, "_map_job: bad arguments");
     int check_fd = PyObject_IsTrue(args[13]);
     if (check_fd < 0)
         return NULL;
+    OwnedFd *owned = NULL;
+    if (nargs == 15 && args[14] != Py_None) {
+        if (!PyObject_TypeCheck(args[14], &OwnedFdType)) {
+            PyErr_SetString(PyExc_TypeError, "_map_job: owned must be an OwnedFd");
+            return NULL;
+        }
+        owned = (OwnedFd *)args[14];
+    }
     OpObj *o = op_new(c, args[0], args[1], OP_MAP);
     if (o == NULL)
         return NULL;
@@ -276,7 +363,102 @@ core_map_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
     o->u.map.check_fd = check_fd;
     o->m = m;
     int r = map_begin(c, m, offset, &o->u.map, 0, &code);
+    if (r > 0 && owned != NULL && owned->fd == o->u.map.fd) {
+        /* The job takes the descriptor (it closes it after the mmap, in the worker). */
+        owned->fd = -1;
+        o->u.map.close_fd = 1;
+    }
     return op_begun(o, m, r, code);
+}
+
+/* _close_job(port, waiter) -> the submitted job, or an int code (0: closed already, a busy
+   code, C_WOULD_BLOCK: the gate would wait, or holes need repair). */
+static PyObject *
+core_close_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "_close_job(port, waiter)");
+    OpObj *o = op_new(c, args[0], args[1], OP_CLOSE);
+    if (o == NULL)
+        return NULL;
+    long code;
+    int r = close_begin(c, &o->u.close, 0, &code);
+    return op_begun(o, NULL, r, code);
+}
+
+/* _extend_job(port, waiter, size): an extend past max_size as a job -> the job, or an int code
+   (C_WOULD_BLOCK: take the inline or the blocking path). */
+static PyObject *
+core_extend_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "_extend_job(port, waiter, size)");
+    OpObj *o = op_new(c, args[0], args[1], OP_EXTENT);
+    if (o == NULL)
+        return NULL;
+    long code;
+    int r = extend_begin(c, args[2], &o->u.extent, &code);
+    return op_begun(o, NULL, r, code);
+}
+
+/* _shrink_job(port, waiter, offset, size): a front shrink as a job; as _extend_job. */
+static PyObject *
+core_shrink_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4)
+        return PyErr_Format(PyExc_TypeError, "_shrink_job(port, waiter, offset, size)");
+    OpObj *o = op_new(c, args[0], args[1], OP_EXTENT);
+    if (o == NULL)
+        return NULL;
+    long code;
+    int r = shrink_begin(c, args[2], args[3], &o->u.extent, &code);
+    return op_begun(o, NULL, r, code);
+}
+
+/* reserve_job(port, waiter, cls, address, size, max_size, headroom, alignment) -> the
+   submitted job (its outcome: what reserve() returns). */
+static PyObject *
+reserve_job(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 8)
+        return PyErr_Format(PyExc_TypeError, "reserve_job: bad arguments");
+    ReserveJob rj;
+    Core *c = reserve_prepare(args + 2, 6, &rj);
+    if (c == NULL)
+        return NULL;
+    OpObj *o = op_new(c, args[0], args[1], OP_RESERVE);
+    Py_DECREF(c);
+    if (o == NULL)
+        return NULL;
+    o->u.reserve = rj;
+    return op_begun(o, NULL, 1, 0);
+}
+
+/* _open_job(port, waiter, path, flags) -> the submitted job. Its outcome: (OwnedFd, the
+   descriptor check's result (the size, or a negative AP_FD_* / -errno code), st_dev), or the
+   errno of the open. */
+static PyObject *
+core_open_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4)
+        return PyErr_Format(PyExc_TypeError, "_open_job(port, waiter, path, flags)");
+    int flags = as_c_int(args[3]);
+    if (flags == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *bytes = NULL;
+    if (!PyUnicode_FSConverter(args[2], &bytes))
+        return NULL;
+    OpObj *o = op_new(c, args[0], args[1], OP_OPEN);
+    if (o == NULL) {
+        Py_DECREF(bytes);
+        return NULL;
+    }
+    memset(&o->u.open, 0, sizeof o->u.open);
+    o->u.open.path = bytes;
+    o->u.open.flags = flags;
+    o->u.open.fd = -1;
+    return op_begun(o, NULL, 1, 0);
 }
 
 /* _unmap_job(port, waiter, m) -> the submitted job, or an int code (0: nothing to do, a busy
@@ -365,6 +547,13 @@ op_dealloc(OpObj *o)
     op_clear(o);
     if (o->op == OP_MEM)
         mem_discard(&o->u.mem);
+    else if (o->op == OP_CLOSE)
+        close_drop(&o->u.close); /* the references the committed close left */
+    else if (o->op == OP_OPEN) {
+        Py_CLEAR(o->u.open.path);
+        if (o->u.open.fd >= 0) /* not committed (cannot happen once started) */
+            close(o->u.open.fd);
+    }
     Py_XDECREF((PyObject *)o->m);
     Py_XDECREF((PyObject *)o->core);
     Py_XDECREF((PyObject *)o->port);
@@ -379,6 +568,9 @@ op_outcome(OpObj *o, PyObject *unused)
         return PyErr_Format(PyExc_RuntimeError, "the job is not done");
     if (o->result == Py_None) /* its commit could not make the result */
         return PyErr_NoMemory();
+    if (o->op == OP_OPEN && !PyLong_CheckExact(o->result))
+        return Py_BuildValue("(OLK)", o->result, (long long)o->u.open.check,
+                             (unsigned long long)o->u.open.dev);
     if (o->op == OP_MAP && PyLong_CheckExact(o->result) && PyLong_AsLong(o->result) == C_FILE)
         return Py_BuildValue("(iL)", C_FILE, (long long)o->u.map.fsize);
     return Py_NewRef(o->result);

@@ -66,6 +66,7 @@ typedef struct {
     uint64_t addr, length, span, dev;
     int64_t file_offset, fsize;
     int bits, kind, fd, sync, check_fd;
+    int close_fd; /* the job owns fd (taken from an OwnedFd by the begin): closed after mmap */
     int err, learned, gran, hole; /* err -1: the descriptor check refused (fsize says why) */
 } MapJob;
 
@@ -174,7 +175,7 @@ map_begin(Core *c, MapObj *m, long long offset, MapJob *j, int blocking, long *c
    async API checks the file itself), then the mmap with the MAP_SYNC probe, and the mend of a
    failed one. */
 static void
-map_syscalls(MapJob *j)
+map_and_mend(MapJob *j)
 {
     if (j->check_fd) {
         int64_t r;
@@ -223,6 +224,18 @@ map_syscalls(MapJob *j)
             j->hole = 1;
     }
     j->err = err;
+}
+
+/* The syscalls of a map (no GIL), then the close of a descriptor the job owns: a path's,
+   opened by an open job and needed only until the mmap. */
+static void
+map_syscalls(MapJob *j)
+{
+    map_and_mend(j);
+    if (j->close_fd) {
+        j->close_fd = 0;
+        close(j->fd); /* released even when close reports EINTR (Linux) */
+    }
 }
 
 /* Commit or drop the claim: the new open mapping (a new reference), or the int code (an errno,

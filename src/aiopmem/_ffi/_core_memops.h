@@ -49,6 +49,7 @@ typedef struct {
 typedef struct {
     int kind, arg, err;
     int old_bits;      /* protect: the access before */
+    int torn;          /* protect: refused, and the access before could not be put back */
     PyObject *old_prot, *new_prot; /* protect: strong references, dropped by the commit */
     Py_ssize_t n;
     Piece one;
@@ -135,8 +136,9 @@ piece_run(MemJob *j, Piece *p)
         return sys_mem(SC_MUNLOCK, s, e - s, 0);
     case MEM_PROTECT:
         err = sys_mem(SC_MPROTECT, s, e - s, j->arg);
-        if (err) /* all or nothing: the access before is put back on what may have changed */
-            (void)mprotect((void *)(uintptr_t)s, (size_t)(e - s), j->old_bits);
+        /* All or nothing: the access before is put back on what may have changed. */
+        if (err && mprotect((void *)(uintptr_t)s, (size_t)(e - s), j->old_bits) != 0)
+            j->torn = 1; /* pages may have either access: only what both give is safe */
         return err;
     }
     return 0;
@@ -339,8 +341,9 @@ mem_begin(Core *c, MapObj *m, MemJob *j, int need, int blocking, long *code, uin
     return 1;
 }
 
-/* Under the GIL; no Python code runs (the references dropped are enum members and the job's
-   own). Returns the outcome: 0 (or read()'s bytes) or the errno of a refusal. */
+/* Under the GIL; no Python code runs (the references dropped are enum members; the caller's
+   buffer is released by mem_discard, outside the commit: that can run code). Returns the
+   outcome: 0 (or read()'s bytes) or the errno of a refusal. */
 static PyObject *
 mem_commit(Core *c, MemJob *j)
 {
@@ -352,19 +355,16 @@ mem_commit(Core *c, MemJob *j)
             if (!j->err && j->kind != MEM_PROTECT)
                 m->locked = j->kind == MEM_LOCK;
         }
-        if (j->kind == MEM_PROTECT) {
+        if (j->kind == MEM_PROTECT && !j->torn) {
             PyObject *prot = j->err ? j->old_prot : j->new_prot;
             m->bits = j->err ? j->old_bits : j->arg;
             Py_SETREF(m->protection, Py_NewRef(prot));
             c->version++;
         }
+        /* (torn: the access both give, set by the begin, stays.) */
     }
-    Py_CLEAR(j->old_prot);
+    Py_CLEAR(j->old_prot); /* enum members: never freed here */
     Py_CLEAR(j->new_prot);
-    if (j->has_pb) {
-        PyBuffer_Release(&j->pb);
-        j->has_pb = 0;
-    }
     mem_free_pieces(j);
     leave_shared_waking(c); /* an unmap or a change may wait for the pins */
     if (j->err || j->kind != MEM_READ || j->out == NULL)
@@ -372,7 +372,7 @@ mem_commit(Core *c, MemJob *j)
     return Py_NewRef(j->out);
 }
 
-/* Drop what a job that did not begin holds. */
+/* Drop what a job holds: one that did not begin, or one committed (its buffer). */
 static void
 mem_discard(MemJob *j)
 {
@@ -485,7 +485,7 @@ core_mem(Core *c, PyObject *const *args, Py_ssize_t nargs)
     mem_syscalls(&j);
     Py_END_ALLOW_THREADS
     PyObject *result = mem_commit(c, &j);
-    Py_CLEAR(j.out);
+    mem_discard(&j);
     return result;
 }
 

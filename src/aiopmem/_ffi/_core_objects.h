@@ -5,7 +5,8 @@
 
 /* -- views --------------------------------------------------------------------------------- */
 
-/* _mview(m, offset, length, readonly) -> memoryview, or C_CLOSED. Ranges checked by Python. */
+/* _mview(m, offset, length, readonly) -> memoryview, or C_CLOSED, or C_NOACCESS (no READ now).
+   Ranges checked by Python; the view is read-only also when the mapping lacks WRITE now. */
 static PyObject *
 core_mview(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -21,6 +22,12 @@ core_mview(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (m->state != ST_OPEN)
         return PyLong_FromLong(C_CLOSED);
+    /* The access is the mapping's now, whatever the caller saw: a protect() in another
+       thread may have taken some away since (it refuses only while views are registered). */
+    if (!(m->bits & PROT_READ))
+        return PyLong_FromLong(C_NOACCESS);
+    if (!(m->bits & PROT_WRITE))
+        readonly = 1;
     Prepared p;
     if (view_prepare(&p, (PyObject *)c, m->addr + off, n, readonly) < 0)
         return NULL;
@@ -29,6 +36,10 @@ core_mview(Core *c, PyObject *const *args, Py_ssize_t nargs)
     if (m->state != ST_OPEN) {
         view_discard(&p);
         return PyLong_FromLong(C_CLOSED);
+    }
+    if (!(m->bits & PROT_READ) || (!readonly && !(m->bits & PROT_WRITE))) {
+        view_discard(&p);
+        return PyLong_FromLong(C_NOACCESS);
     }
     if (register_in(m->views, p.ref) < 0) {
         view_discard(&p);
@@ -286,6 +297,10 @@ core_abandon(Core *c, PyObject *unused)
 
 static PyMethodDef core_methods[] = {
     {"_map_job", (PyCFunction)(void (*)(void))core_map_job, METH_FASTCALL, NULL},
+    {"_open_job", (PyCFunction)(void (*)(void))core_open_job, METH_FASTCALL, NULL},
+    {"_close_job", (PyCFunction)(void (*)(void))core_close_job, METH_FASTCALL, NULL},
+    {"_extend_job", (PyCFunction)(void (*)(void))core_extend_job, METH_FASTCALL, NULL},
+    {"_shrink_job", (PyCFunction)(void (*)(void))core_shrink_job, METH_FASTCALL, NULL},
     {"_unmap_job", (PyCFunction)(void (*)(void))core_unmap_job, METH_FASTCALL, NULL},
     {"_persist_job", (PyCFunction)(void (*)(void))core_persist_job, METH_FASTCALL, NULL},
     {"_map", (PyCFunction)(void (*)(void))core_map, METH_FASTCALL, NULL},
@@ -491,52 +506,14 @@ static PyObject *
 reserve(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 6 || !PyType_Check(args[0]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[0], &CoreType)) {
-        PyErr_SetString(PyExc_TypeError, "reserve: bad arguments");
-        return NULL;
-    }
-    int has_addr = args[1] != Py_None, has_limit = args[3] != Py_None;
-    unsigned long long want_addr = has_addr ? PyLong_AsUnsignedLongLong(args[1]) : 0;
-    unsigned long long n = PyLong_AsUnsignedLongLong(args[2]);
-    unsigned long long limit = has_limit ? PyLong_AsUnsignedLongLong(args[3]) : 0;
-    unsigned long long headroom = PyLong_AsUnsignedLongLong(args[4]);
-    unsigned long long align = PyLong_AsUnsignedLongLong(args[5]);
-    if (PyErr_Occurred())
-        return NULL;
-    PyTypeObject *cls = (PyTypeObject *)args[0];
-    Core *c = (Core *)cls->tp_alloc(cls, 0);
+    ReserveJob j;
+    Core *c = reserve_prepare(args, nargs, &j);
     if (c == NULL)
         return NULL;
-    c->closed = 1; /* until the range is held: a dropped object releases nothing */
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
-    uint64_t addr = 0, held = has_limit ? (uint64_t)limit : n;
-    int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (has_addr) {
-        addr = (uint64_t)want_addr;
-        err = fill_hole(addr, held);
-        if (!err && !has_limit) {
-            uint64_t got = 0;
-            err = take_headroom_after(addr + n, headroom, &got);
-            if (err)
-                sys_munmap(addr, n); /* the headroom's failure is the one to report */
-            held += got;
-        }
-    }
-    else if (!has_limit)
-        err = take_range_with_headroom(n, headroom, align, &addr, &held);
-    else
-        err = take_range_aligned(held, align, &addr);
+    reserve_syscalls(&j);
     Py_END_ALLOW_THREADS
-    if (err) {
-        Py_DECREF(c);
-        return PyLong_FromLong(err == EEXIST && has_addr ? C_EXISTS : err);
-    }
-    c->address = addr;
-    c->size = n;
-    c->max_size = held;
-    c->closed = 0;
-    return (PyObject *)c;
+    PyObject *r = reserve_commit(c, &j);
+    Py_DECREF(c);
+    return r;
 }

@@ -165,10 +165,14 @@ trim_to_alignment(uint64_t *addr, uint64_t got, uint64_t align, uint64_t keep)
     int e = 0;
     if (a > start)
         e = sys_munmap(start, a - start);
-    if (!e && a + keep < start + got)
-        e = sys_munmap(a + keep, start + got - (a + keep));
     if (e) {
         (void)sys_munmap(start, got);
+        return e;
+    }
+    if (a + keep < start + got)
+        e = sys_munmap(a + keep, start + got - (a + keep));
+    if (e) { /* the head is gone already (and may be someone else's by now) */
+        (void)sys_munmap(a, start + got - a);
         return e;
     }
     *addr = a;
