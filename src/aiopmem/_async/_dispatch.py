@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
-from anyio.lowlevel import checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint_if_cancelled as _anyio_checkpoint_if_cancelled
 
 from .._core._gate import Abandoned, Ticket
 from .._ffi import C_WOULD_BLOCK
@@ -38,6 +38,24 @@ __all__ = ["run_blocking", "run_job", "run_mem"]
 T = TypeVar("T")
 
 _get_running_loop = asyncio._get_running_loop
+
+
+def _asyncio_checkpoint_if_cancelled() -> Callable[[], Any]:
+    """anyio's ``checkpoint_if_cancelled`` of its asyncio backend, taken once: the public
+    function finds the backend anew on every call (sniffio, a module lookup), a third of its
+    cost, and the async API calls it up to twice per operation on the event loop. The public
+    function where anyio's layout is not the one known here."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+
+        fn: Callable[[], Any] = get_async_backend("asyncio").checkpoint_if_cancelled
+    except Exception:  # another anyio: the public function
+        return _anyio_checkpoint_if_cancelled
+    return fn
+
+
+#: Used only where the running loop is asyncio's (not a trio guest run): see run_job.
+checkpoint_if_cancelled = _asyncio_checkpoint_if_cancelled()
 _modules = sys.modules
 _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
     weakref.WeakKeyDictionary()
