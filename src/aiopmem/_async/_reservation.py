@@ -32,7 +32,8 @@ from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._mapping import Mapping as _MAPPING
-from .._core._reservation import MapPlan, c_offset_length, file_refusal, reserve_args, reserved
+from .._core._maps import MapPlan, c_offset_length, file_refusal
+from .._core._reservation import reserve_args, reserved
 from .._core._source import FileSource, fd_error, open_error, path_flags, path_label
 from .._ffi import C_CLOSED as _C_CLOSED
 from .._ffi import C_WOULD_BLOCK, OwnedFd, reserve_job

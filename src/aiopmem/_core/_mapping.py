@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno as _errno
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, TypeAlias, final
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, final
 
 from .. import _ffi
 from ._align import align_down, align_up, as_int, as_optional_int
@@ -64,6 +64,14 @@ def busy_error(code: int, what: str) -> BufferError:
     )
 
 
+class RangeOwner(Protocol):
+    """What a range operation's errors read of its reservation."""
+
+    @property
+    def address(self) -> int: ...
+    def find(self, offset: int, length: int = 0) -> Mapping | None: ...
+
+
 def bytes_view(data: object, writable: bool = False) -> memoryview:
     """``data`` as a flat memoryview of bytes (what the copies take): ``TypeError`` for an
     object without the buffer protocol, a non-contiguous buffer, or a read-only one when
@@ -82,7 +90,7 @@ def bytes_view(data: object, writable: bool = False) -> memoryview:
     return mv
 
 
-def mem_outcome(r: object, what: str, rsv: Reservation | None = None) -> bytes | None:
+def mem_outcome(r: object, what: str, rsv: RangeOwner | None = None) -> bytes | None:
     """Raise what a memory operation's outcome stands for; return read()'s bytes (or None).
     ``rsv``: the reservation whose range the operation covered (for NoAccessError's offset)."""
     if r == 0:
@@ -103,7 +111,7 @@ def mem_outcome(r: object, what: str, rsv: Reservation | None = None) -> bytes |
     raise OSError(r, _ffi.strerror(r))
 
 
-def no_access(address: int, what: str, rsv: Reservation | None) -> NoAccessError:
+def no_access(address: int, what: str, rsv: RangeOwner | None) -> NoAccessError:
     if rsv is None:
         return NoAccessError(f"cannot {what}: the mapping lacks the access needed")
     off = address - rsv.address

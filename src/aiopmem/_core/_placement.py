@@ -21,9 +21,12 @@ done by the C core, inside the transitions that need it (``_ffi/_core_placement.
 
 from __future__ import annotations
 
+import warnings
 from typing import Final
 
-__all__ = ["MIN_DEFAULT_HEADROOM", "default_headroom"]
+from ._base import ReservationFields
+
+__all__ = ["MIN_DEFAULT_HEADROOM", "Holes", "default_headroom"]
 
 #: Lower bound of the default headroom (see the module docstring).
 MIN_DEFAULT_HEADROOM: Final = 1 << 30
@@ -31,3 +34,26 @@ MIN_DEFAULT_HEADROOM: Final = 1 << 30
 
 def default_headroom(size: int) -> int:
     return max(size, MIN_DEFAULT_HEADROOM)
+
+
+class Holes(ReservationFields):
+    """Hole upkeep of a reservation (a part of ``Reservation``): ranges an unmap at the VMA
+    limit could only free, re-taken by the C core (``repair_holes``) when it can."""
+
+    __slots__ = ()
+
+    def _warn_hole(self, start: int, end: int) -> None:
+        warnings.warn(
+            f"aiopmem: [{start - self.address:#x}, {end - self.address:#x}) of the reservation "
+            f"at {self.address:#x} could not be re-reserved; nothing is mapped there until "
+            "it can be",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """Offset ranges that could not be re-reserved after an unmap at the kernel's VMA limit
+        (normally empty). Nothing is mapped there until the range can be taken back."""
+        base = self.address
+        return [(s - base, e - base) for s, e in self._holes()]
