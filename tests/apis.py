@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -27,6 +28,11 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "uvloop": ("asyncio", {"use_uvloop": True}),
     "trio": ("trio", {}),
 }
+#: CI's runs on the other interpreters (AIOPMEM_MATRIX=1, set by .ci/run) leave uvloop out:
+#: it is asyncio's API on another loop, tested by `make test` on the default interpreter, and
+#: the matrix must fit CI's time budget.
+if os.environ.get("AIOPMEM_MATRIX"):
+    del BACKENDS["uvloop"]
 
 #: The async methods of mappings and reservations that take their arguments as the blocking
 #: ones do (called through the portal by the wrappers below).

@@ -51,7 +51,11 @@ def fd_guard() -> Iterator[None]:
 @pytest.fixture(
     params=[
         pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        *(
+            []
+            if os.environ.get("AIOPMEM_MATRIX")  # see apis.BACKENDS
+            else [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
+        ),
         pytest.param(("trio", {}), id="trio"),
     ]
 )

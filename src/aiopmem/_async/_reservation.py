@@ -168,7 +168,9 @@ class Reservation(metaclass=NoPublicConstructor):
         """Map ``file`` at ``offset``; await the result, or use it with ``async with``.
 
         Arguments, placement and errors are those of ``aiopmem.sync.Reservation.map_file``.
-        Validation, opening the file, its checks and the mmap run in one worker-thread hop.
+        The checks that need no syscall run on the event loop; the open of a path and the
+        descriptor's check, the mmap (and, with ``populate=True``, the faulting in) run in the
+        executor's worker threads.
 
         Cancellation: a caller cancelled before its turn starts nothing; a mapping made for a
         caller cancelled meanwhile is unmapped again before the cancellation propagates, so
@@ -270,8 +272,8 @@ class Reservation(metaclass=NoPublicConstructor):
     ) -> Mapping | None:
         """A map of a path as two jobs of the executor: the open with the descriptor's check,
         then (the file's size known: the claim needs it) the map, whose worker also closes the
-        descriptor. None when the map cannot begin without waiting: the blocking path then
-        maps the file (opening it again)."""
+        descriptor. When the map cannot begin without waiting at the gate, it waits in a
+        worker of the blocking path, with the same descriptor."""
         core = self._core
         off, n, foff, prot, shar = core._path_args(offset, length, file_offset, protection, sharing)
         path = os.fspath(file)
@@ -288,7 +290,7 @@ class Reservation(metaclass=NoPublicConstructor):
             return r  # type: ignore[no-any-return]
 
         r = await run_job(core._open_job, (path, path_flags(writable)), opened, _close_owned)
-        if type(r) is int:  # not begun (cannot happen: an open never waits)
+        if type(r) is int:  # not begun (an open never waits: cannot happen)
             return None
         owned, size, dev = r
         try:
