@@ -28,6 +28,7 @@ import anyio
 from anyio.lowlevel import checkpoint_if_cancelled as _anyio_checkpoint_if_cancelled
 
 from .._core._gate import Abandoned, Ticket
+from .._core._mapping import mem_outcome
 from .._ffi import C_WOULD_BLOCK
 from .._ffi import Job as _Job
 from .._ffi import Port as JobPort
@@ -377,7 +378,6 @@ async def run_mem(rsv: Any, args: tuple[Any, ...], what: str, whole: Any = None)
     job of the executor, or in a worker when it would wait (at the gate, or for a change of
     the mapping in flight); returns read()'s bytes or None. ``whole``: the core reservation
     when the operation covers a range of it (for the error's offset)."""
-    from .._core._mapping import mem_outcome
 
     def check(r: Any) -> Any:
         return mem_outcome(r, what, whole)

@@ -489,7 +489,6 @@ core_mem_job(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     MapObj *m;
     int need;
-    memset(&o->u.mem, 0, sizeof o->u.mem);
     if (mem_prepare(c, args + 2, &o->u.mem, &m, &need) < 0) {
         Py_DECREF(o);
         return NULL;
