@@ -95,7 +95,9 @@ def test_finished_jobs_wake_the_loop_once_per_batch() -> None:
     counter is 1); one drain then commits and hands over all ten, in order."""
     done: list[Any] = []
     port = Port(done.append)
-    with aiopmem.sync.reserve(16 * P) as rsv:
+    # One worker: a spare (which takes a job that waited 2 ms, as on a loaded machine) would
+    # finish jobs out of submission order.
+    with configured(max_workers=1), aiopmem.sync.reserve(16 * P) as rsv:
         before = executor_stats()["ran"]
         jobs = [_map_job(rsv, port, i * P) for i in range(10)]
         _wait_ran(before + 10)
