@@ -80,11 +80,32 @@ def is_free(start: int, end: int) -> bool:
 ARENA = 64 << 20
 
 
+def _thread_stacks(vmas: Sequence[Vma]) -> set[Vma]:
+    """The VMAs of thread stacks among ``vmas``: a one-page PROT_NONE guard with the stack's
+    read-write anonymous memory right above it."""
+    by_start = {v.start: v for v in vmas}
+    stacks: set[Vma] = set()
+    for guard in vmas:
+        above = by_start.get(guard.end)
+        if (
+            is_placeholder(guard)
+            and guard.end - guard.start == PAGE
+            and above is not None
+            and above.perms == "rw-p"
+            and above.inode == 0
+            and above.path == ""
+        ):
+            stacks.update((guard, above))
+    return stacks
+
+
 def released(start: int, end: int) -> bool:
     """Nothing of what was in [start, end) is left: the range is free, or what is there now
-    is only malloc arenas another thread made in it since (the kernel reuses freed address
-    space at once: a new thread's first malloc can land right there)."""
+    is only malloc arenas and thread stacks another thread made in it since (the kernel reuses
+    freed address space at once: a new thread's stack or first malloc can land right there)."""
     left = vmas_in(start, end)
+    stacks = _thread_stacks(left)
+    left = [v for v in left if v not in stacks]
     blocks = {v.start - v.start % ARENA for v in left}
     for block in blocks:
         mine = [v for v in left if block <= v.start < block + ARENA]

@@ -252,6 +252,28 @@ def test_the_pool_is_bounded_and_idle_workers_retire() -> None:
         assert executor_stats()["retired"] > retired
 
 
+def test_lowering_the_bound_retires_the_surplus_at_once() -> None:
+    """Three workers busy with slow jobs, idle_exit far off: once max_workers drops to 1, the
+    two beyond it exit as they come back from their jobs (not after idle_exit), and the one
+    left still runs what comes next."""
+
+    async def slow_maps(n: int) -> None:
+        async with aiopmem.reserve(8 * P) as rsv, anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(rsv.map_anonymous, i * P, P)
+
+    with configured(max_workers=3, idle_exit=60.0):
+        with inject("mmap", delay=0.3, times=3):
+            anyio.run(slow_maps, 3)
+        assert executor_stats()["threads"] == 3
+        with configured(max_workers=1):
+            _wait_for(lambda: executor_stats()["threads"] == 1, timeout=2.0)
+            before = executor_stats()["ran"]
+            anyio.run(slow_maps, 4)
+            assert executor_stats()["ran"] >= before + 4
+            assert executor_stats()["threads"] == 1
+
+
 def test_configure_refuses_bad_settings() -> None:
     for bad in (
         (None, float("inf")),

@@ -944,7 +944,9 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         ex.max_workers = (int)n;
     if (t > 0)
         ex.idle_exit = t;
-    pthread_cond_broadcast(&ex.idle_cv); /* idle ones look at the new deadline */
+    /* Waiting ones look at the new deadline and bound (the surplus retires). */
+    pthread_cond_broadcast(&ex.idle_cv);
+    pthread_cond_broadcast(&ex.spare_cv);
     pthread_mutex_unlock(&ex.mu);
     Py_RETURN_NONE;
 }

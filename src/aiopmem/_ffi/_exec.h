@@ -11,7 +11,8 @@
    watches the queue, and takes the first job once it has waited EXEC_STALL seconds (the
    running workers are stuck, not merely busy); then another spare takes its place. Slow jobs
    (a 0.4 s msync) therefore overlap, each starting at most EXEC_STALL late. Idle workers
-   beyond the first exit after `idle_exit` seconds; at most `max_workers` exist.
+   beyond the first exit after `idle_exit` seconds; at most `max_workers` exist (when the bound
+   is lowered, the surplus retires as each one next looks at the queue, never with a job).
 
    Rescue. A job's deliver may ask for a look later (exec_delivered): the first idle worker
    whose wait reaches that time calls the rescue hook (set by the user of the executor), which
@@ -300,6 +301,18 @@ exec_take(void)
     int arriving = 1;      /* just started, or back from a job: first in line for the queue */
     double idle_since = 0; /* when this worker found nothing to do */
     for (;;) {
+        if (ex.threads > ex.max_workers) { /* the bound was lowered: the surplus retires */
+            if (exec_release_if_held())
+                continue;
+            ex.threads--;
+            ex.retired++;
+            /* It may have been the one woken for a job or a rescue: pass that on. */
+            if (ex.head)
+                (void)exec_ensure_looker();
+            else if (ex.rescue_at > 0 && ex.idle)
+                pthread_cond_signal(&ex.idle_cv);
+            return NULL;
+        }
         if (ex.head) {
             double now = exec_now();
             int stuck = !ex.running || now - ex.head->queued_at >= EXEC_STALL;
