@@ -4,6 +4,7 @@ through /proc/self/fd after each scenario."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import inspect
@@ -593,3 +594,45 @@ def test_sync_core_is_reachable_for_threads() -> None:
 
 
 _ = os  # (used by helpers in other scenarios)
+
+
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_the_cheap_cancellation_check_agrees_with_anyio(uvloop: bool) -> None:
+    """On asyncio the async API asks ``cancel_due`` (a plain function) before and after each
+    job and awaits anyio's ``checkpoint_if_cancelled`` only when it says yes: it must say yes
+    exactly where that checkpoint would raise, through nested, cancelled and shielded scopes."""
+    if uvloop and os.environ.get("AIOPMEM_MATRIX"):
+        pytest.skip("uvloop is left to make test on this interpreter (AIOPMEM_MATRIX)")
+
+    async def agrees() -> bool:
+        due = _dispatch.cancel_due(_dispatch.current_task(asyncio.get_running_loop()))
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except anyio.get_cancelled_exc_class():
+            assert due, "checkpoint_if_cancelled raised where cancel_due said no"
+            return True
+        assert not due, "cancel_due said yes where checkpoint_if_cancelled did not raise"
+        return False
+
+    async def scenarios() -> list[bool]:
+        seen = [await agrees()]  # no scope cancelled
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            seen.append(await agrees())  # cancelled, not yet delivered
+        with anyio.CancelScope() as outer:
+            outer.cancel()
+            with anyio.CancelScope(shield=True):
+                seen.append(await agrees())  # a shield under the cancelled scope
+        with anyio.CancelScope(shield=True), anyio.CancelScope() as inner:
+            inner.cancel()
+            seen.append(await agrees())  # cancelled under a shield
+        with anyio.CancelScope() as outer:
+            with anyio.CancelScope():
+                outer.cancel()
+                seen.append(await agrees())  # cancelled two scopes out
+        return seen
+
+    options = {"use_uvloop": uvloop}
+    assert anyio.run(scenarios, backend="asyncio", backend_options=options) == [
+        False, True, False, True, True,
+    ]  # fmt: skip

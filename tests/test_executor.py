@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import select
 import struct
@@ -272,6 +273,39 @@ def test_lowering_the_bound_retires_the_surplus_at_once() -> None:
             anyio.run(slow_maps, 4)
             assert executor_stats()["ran"] >= before + 4
             assert executor_stats()["threads"] == 1
+
+
+def _eventfds() -> set[int]:
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]":
+                out.add(int(name))
+    return out
+
+
+def test_an_event_loop_that_is_gone_takes_its_port_with_it(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """Each event loop (or trio run) gets a port with an eventfd. Once the loop is gone, so
+    are the port and its eventfd: twenty runs, each with jobs in flight together (the
+    deferred wake-up path) leave neither behind."""
+    from aiopmem._async import _dispatch
+
+    async def some_maps() -> None:
+        async with aiopmem.reserve(16 * P) as rsv, anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(rsv.map_anonymous, i * P, P)
+
+    backend, options = anyio_backend
+    anyio.run(some_maps, backend=backend, backend_options=options)  # imports, first ports
+    gc.collect()
+    fds, live = _eventfds(), len(_dispatch.ports)
+    for _ in range(20):
+        anyio.run(some_maps, backend=backend, backend_options=options)
+    gc.collect()
+    assert len(_dispatch.ports) <= live
+    assert _eventfds() <= fds
 
 
 def test_configure_refuses_bad_settings() -> None:

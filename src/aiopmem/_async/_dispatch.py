@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -57,6 +58,67 @@ def _asyncio_checkpoint_if_cancelled() -> Callable[[], Any]:
 
 #: Used only where the running loop is asyncio's (not a trio guest run): see run_job.
 checkpoint_if_cancelled = _asyncio_checkpoint_if_cancelled()
+
+
+def _asyncio_current_task() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """``current_task(loop)`` as a C call: asyncio's own from 3.12; before, its function is
+    Python code around a lookup in the dictionary of current tasks, which is taken directly."""
+    current = asyncio.current_task
+    if isinstance(current, types.BuiltinFunctionType):
+        return current
+    current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(current_tasks, dict):
+        return current_tasks.get
+    return current
+
+
+#: The running task of an asyncio loop (None in a trio guest run: trio's tasks are not
+#: asyncio's).
+current_task = _asyncio_current_task()
+
+
+def _asyncio_cancel_due() -> Callable[[asyncio.Task[Any] | None], bool]:
+    """A plain function that tells whether ``checkpoint_if_cancelled()`` would raise in the
+    asyncio ``task``: anyio's own walk (the innermost scope outwards, up to a shield) without
+    making and awaiting a coroutine. The async API asks it before and after every job, and
+    calls the real checkpoint only when it says yes. Where anyio's layout is not the one known
+    here, it always says yes (the real checkpoint then decides, as before)."""
+    try:
+        from anyio._backends._asyncio import CancelScope, _task_states
+
+        scope = CancelScope()
+        if not (
+            isinstance(_task_states, weakref.WeakKeyDictionary)
+            and scope._cancel_called is False
+            and scope._shield is False
+            and scope._parent_scope is None
+        ):
+            raise LookupError
+    except Exception:  # another anyio
+        return lambda task: True
+    states = _task_states.data  # type: ignore[attr-defined]
+    ref = weakref.ref
+
+    def due(task: asyncio.Task[Any] | None) -> bool:
+        if task is None:
+            return False
+        state = states.get(ref(task))
+        if state is None:
+            return False
+        scope = state.cancel_scope
+        while scope is not None:
+            if scope._cancel_called:
+                return True
+            if scope._shield:
+                return False
+            scope = scope._parent_scope
+        return False
+
+    return due
+
+
+#: Whether the asyncio task would be cancelled at a checkpoint now (see above).
+cancel_due = _asyncio_cancel_due()
 _modules = sys.modules
 _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
     weakref.WeakKeyDictionary()
@@ -78,8 +140,8 @@ async def run_blocking(
     shielded) and the cancellation propagates; otherwise the result is returned.
     """
     loop = _get_running_loop()
-    if loop is not None and not _trio_guest():
-        if not always:
+    if loop is not None and ((task := current_task(loop)) is not None or not _trio_guest()):
+        if not always and cancel_due(task):
             await checkpoint_if_cancelled()
         return await _run_asyncio(loop, fn, args, undo, always)  # type: ignore[no-any-return]
     return await _run_trio(fn, args, undo, always)  # type: ignore[no-any-return]
@@ -144,31 +206,42 @@ async def _await_asyncio(
     try:
         await job.waiter
     except asyncio.CancelledError:
-        # Cancelled while the job runs: never abandon it. A job still waiting for its turn
-        # gives up; wait for its outcome shielded, then let the cancellation continue.
-        ticket = job.ticket
-        if ticket is not None:
-            ticket.abandon()
-        with anyio.CancelScope(shield=True):
-            while not job.delivered:
-                job.waiter = loop.create_future()
-                # The shield keeps anyio's scopes out, not a plain task.cancel() (a second
-                # asyncio.timeout, TaskGroup abort...): that one is absorbed too, or the job
-                # would be abandoned and its result never undone.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job.waiter
-            error = job.error
-            if type(error) is Abandoned:  # it did not start: only the cancellation remains
-                job.error = None
-            else:
-                result = job.outcome()  # an error of the job is more informative
-                if check is not None:
-                    result = check(result)
-                if undo is not None:
-                    await _undo_asyncio(loop, undo, result)
+        await _cancelled_asyncio(loop, job, undo, check)
         raise
     result = job.outcome()
     return result if check is None else check(result)
+
+
+async def _cancelled_asyncio(
+    loop: asyncio.AbstractEventLoop,
+    job: Any,
+    undo: Callable[[Any], object] | None,
+    check: Callable[[Any], Any] | None,
+) -> None:
+    """The caller of ``job`` was cancelled while it ran: never abandon it. A job still waiting
+    for its turn gives up; wait for its outcome shielded and undo its result; the caller then
+    lets the cancellation continue (an error of the job is raised instead: it is more
+    informative)."""
+    ticket = job.ticket
+    if ticket is not None:
+        ticket.abandon()
+    with anyio.CancelScope(shield=True):
+        while not job.delivered:
+            job.waiter = loop.create_future()
+            # The shield keeps anyio's scopes out, not a plain task.cancel() (a second
+            # asyncio.timeout, TaskGroup abort...): that one is absorbed too, or the job
+            # would be abandoned and its result never undone.
+            with contextlib.suppress(asyncio.CancelledError):
+                await job.waiter
+        error = job.error
+        if type(error) is Abandoned:  # it did not start: only the cancellation remains
+            job.error = None
+        else:
+            result = job.outcome()
+            if check is not None:
+                result = check(result)
+            if undo is not None:
+                await _undo_asyncio(loop, undo, result)
 
 
 async def _undo_asyncio(
@@ -271,11 +344,26 @@ _trio_job_ports: weakref.WeakKeyDictionary[object, JobPort] = weakref.WeakKeyDic
 ports: weakref.WeakSet[JobPort] = weakref.WeakSet()
 
 
-def _new_asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
-    port = JobPort(None, loop.call_soon)
-    ports.add(port)
-    loop.add_reader(port.fileno(), port.drain)
-    _asyncio_job_ports[loop] = port
+def _dead() -> None:
+    return None
+
+
+#: The port of the loop that used one last, both weakly: (the loop, its port). The lookup in
+#: the weak dictionary makes a reference and calls Python code on every operation.
+_last_asyncio_job_port: tuple[Callable[[], object], Callable[[], JobPort | None]] = (_dead, _dead)
+
+
+def _asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
+    """The loop's port, made on first use. It reaches the loop only weakly (the loop holds
+    it, through its reader): a loop that is gone takes its port and eventfd with it."""
+    global _last_asyncio_job_port
+    port = _asyncio_job_ports.get(loop)
+    if port is None:
+        port = JobPort(None, _weakly(loop, "call_soon"))
+        ports.add(port)
+        loop.add_reader(port.fileno(), port.drain)
+        _asyncio_job_ports[loop] = port
+    _last_asyncio_job_port = (weakref.ref(loop), weakref.ref(port))
     return port
 
 
@@ -297,7 +385,7 @@ def _trio_job_port() -> JobPort:
     port = _trio_job_ports.get(token)
     if port is None:
         _protect_from_ki(trio)
-        port = JobPort((trio.lowlevel.reschedule, outcome.Value), token.run_sync_soon)
+        port = JobPort((trio.lowlevel.reschedule, outcome.Value), _weakly(token, "run_sync_soon"))
         ports.add(port)
         trio.lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
         _trio_job_ports[token] = port
@@ -337,29 +425,38 @@ async def run_job(
     cancellation propagates.
     """
     loop = _get_running_loop()
-    if loop is not None and not _trio_guest():
-        if not always:
+    # An asyncio task, or else (rare: no asyncio task runs) a check for a trio guest run.
+    if loop is not None and ((task := current_task(loop)) is not None or not _trio_guest()):
+        if not always and cancel_due(task):
             await checkpoint_if_cancelled()
-        port = _asyncio_job_ports.get(loop)
+        last = _last_asyncio_job_port
+        port = last[1]() if last[0]() is loop else None
         if port is None:
-            port = _new_asyncio_job_port(loop)
+            port = _asyncio_job_port(loop)
         job = begin(port, loop.create_future(), *args)
         if type(job) is not _Job:
             if job != C_WOULD_BLOCK:
                 await anyio.lowlevel.checkpoint()
             return job
-        result = await _await_asyncio(loop, job, undo, check)
+        # _await_asyncio, inline (this is the path of every async operation).
+        try:
+            await job.waiter
+        except asyncio.CancelledError:
+            await _cancelled_asyncio(loop, job, undo, check)
+            raise
+        result = check(job.outcome())
         # A cancellation due while the job ran but not delivered yet (the result may reach
         # the task first: the order of the loop's callbacks decides, and uvloop's differs from
         # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
         # cancellation propagates.
-        try:
-            await checkpoint_if_cancelled()
-        except asyncio.CancelledError:
-            if undo is not None:
-                with anyio.CancelScope(shield=True):
-                    await _undo_asyncio(loop, undo, result)
-            raise
+        if cancel_due(task):
+            try:
+                await checkpoint_if_cancelled()
+            except asyncio.CancelledError:
+                if undo is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _undo_asyncio(loop, undo, result)
+                raise
         return result
     import trio
 
