@@ -321,10 +321,16 @@ async def _await_trio(
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         if undo is not None:
-            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await _run_trio(undo, (result,), None, True)  # see _undo_asyncio
+            await _undo_trio(undo, result)
         raise
     return result
+
+
+async def _undo_trio(undo: Callable[[Any], object], result: Any) -> None:
+    import trio
+
+    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await _run_trio(undo, (result,), None, True)  # see _undo_asyncio
 
 
 # -- jobs of the C core ----------------------------------------------------------------------
@@ -339,7 +345,6 @@ async def _await_trio(
 _asyncio_job_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JobPort] = (
     weakref.WeakKeyDictionary()
 )
-_trio_job_ports: weakref.WeakKeyDictionary[object, JobPort] = weakref.WeakKeyDictionary()
 #: Every port alive (each holds an eventfd while its event loop lives).
 ports: weakref.WeakSet[JobPort] = weakref.WeakSet()
 
@@ -377,18 +382,32 @@ def _protect_from_ki(trio: Any) -> None:
         trio.lowlevel.enable_ki_protection(fn)
 
 
-def _trio_job_port() -> JobPort:
-    import outcome
+#: Set on the first use under trio (trio is imported lazily): trio.lowlevel, and the RunVar
+#: that holds each run's port (it goes with its run: the run's pump closes it at the end).
+_trio_lowlevel: Any = None
+_trio_port_var: Any = None
+
+
+def _trio_setup() -> Any:
+    global _trio_lowlevel, _trio_port_var
     import trio
 
-    token = trio.lowlevel.current_trio_token()
-    port = _trio_job_ports.get(token)
-    if port is None:
-        _protect_from_ki(trio)
-        port = JobPort((trio.lowlevel.reschedule, outcome.Value), _weakly(token, "run_sync_soon"))
-        ports.add(port)
-        trio.lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
-        _trio_job_ports[token] = port
+    _protect_from_ki(trio)
+    _trio_port_var = trio.lowlevel.RunVar("aiopmem job port")
+    _trio_lowlevel = trio.lowlevel
+    return _trio_port_var
+
+
+def _trio_job_port() -> JobPort:
+    """The run's port, made on first use with the system task that drains it."""
+    import outcome
+
+    lowlevel = _trio_lowlevel
+    token = lowlevel.current_trio_token()
+    port = JobPort((lowlevel.reschedule, outcome.Value), _weakly(token, "run_sync_soon"))
+    ports.add(port)
+    lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
+    _trio_port_var.set(port)
     return port
 
 
@@ -458,16 +477,30 @@ async def run_job(
                         await _undo_asyncio(loop, undo, result)
                 raise
         return result
-    import trio
-
+    var = _trio_port_var
+    if var is None:
+        var = _trio_setup()
+    lowlevel = _trio_lowlevel
     if not always:
-        await trio.lowlevel.checkpoint_if_cancelled()
-    job = begin(_trio_job_port(), trio.lowlevel.current_task(), *args)
+        await lowlevel.checkpoint_if_cancelled()
+    port = var.get(None)
+    if port is None:
+        port = _trio_job_port()
+    job = begin(port, lowlevel.current_task(), *args)
     if type(job) is not _Job:
         if job != C_WOULD_BLOCK:
-            await trio.lowlevel.checkpoint()
+            await lowlevel.checkpoint()
         return job
-    return await _await_trio(job, undo, check)
+    # _await_trio, inline, for a job that has no ticket (a C job never waits at the gate).
+    await lowlevel.wait_task_rescheduled(_abort_failed)
+    result = check(job.outcome())
+    try:
+        await lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if undo is not None:
+            await _undo_trio(undo, result)
+        raise
+    return result
 
 
 async def run_mem(rsv: Any, args: tuple[Any, ...], what: str, whole: Any = None) -> Any:
