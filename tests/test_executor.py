@@ -61,11 +61,11 @@ def _wait_ran(n: int, timeout: float = 5.0) -> None:
 @contextmanager
 def configured(**settings: Any) -> Iterator[None]:
     before = executor_stats()
-    executor_configure(settings.get("max_workers"), settings.get("idle_exit"))
+    executor_configure(settings.get("max_workers"), settings.get("idle_exit"), settings.get("spin"))
     try:
         yield
     finally:
-        executor_configure(before["max_workers"], before["idle_exit"])
+        executor_configure(before["max_workers"], before["idle_exit"], before["spin"])
 
 
 def test_a_job_runs_while_the_caller_never_lets_go_of_the_gil() -> None:
@@ -315,9 +315,46 @@ def test_configure_refuses_bad_settings() -> None:
         (2000, None),
         (None, 0.0),
         (None, -1.0),
+        (None, None, -1e-6),
+        (None, None, 1.0),
+        (None, None, float("nan")),
     ):
         with pytest.raises(ValueError):
             executor_configure(*bad)
+    with pytest.raises(TypeError):
+        executor_configure(None, None, "fast")  # type: ignore[arg-type]
+
+
+def _one_task_maps(n: int) -> None:
+    async def maps() -> None:
+        async with aiopmem.reserve(4 * P) as rsv:
+            for _ in range(n):
+                m = await rsv.map_anonymous(0, P)
+                await m.unmap()
+
+    anyio.run(maps)
+
+
+def test_a_worker_back_from_a_job_watches_the_queue_for_the_next() -> None:
+    """One task awaiting map after unmap after map: with a watch of 5 ms, the worker back from
+    a job is still watching when the next comes (counted as a hit: no wake-up was needed)."""
+    with configured(spin=0.005):
+        before = executor_stats()
+        _one_task_maps(50)
+        after = executor_stats()
+    assert after["spins"] > before["spins"]
+    assert after["spin_hits"] > before["spin_hits"]
+    assert after["spin"] == before["spin"]  # restored
+
+
+def test_no_watch_when_it_is_turned_off() -> None:
+    with configured(spin=0.0):
+        time.sleep(0.02)  # a watch begun before lasts 10 ms at most
+        before = executor_stats()
+        _one_task_maps(20)
+        after = executor_stats()
+        assert after["spin"] == 0.0
+    assert after["spins"] == before["spins"]
 
 
 def test_a_job_does_not_begin_where_the_gate_would_wait() -> None:

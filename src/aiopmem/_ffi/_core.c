@@ -107,7 +107,7 @@ static PyMethodDef module_methods[] = {
     {"executor_stats", (PyCFunction)executor_stats, METH_NOARGS,
      "executor_stats() -> the executor's counters (threads, idle, running, ...)"},
     {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,
-     "executor_configure(max_workers, idle_exit): None keeps a setting"},
+     "executor_configure(max_workers, idle_exit, spin=None): None keeps a setting"},
     {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,
      "open_path(path, flags) -> OwnedFd (O_CLOEXEC; closed when it dies)"},
     {NULL, NULL, 0, NULL},

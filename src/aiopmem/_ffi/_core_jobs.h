@@ -913,30 +913,39 @@ executor_stats(PyObject *module, PyObject *unused)
     long threads = ex.threads, idle = ex.idle, running = ex.running, spare = ex.spare,
          queued = ex.queued, max_workers = ex.max_workers;
     unsigned long long started = ex.started, retired = ex.retired, ran = ex.ran;
+    unsigned long long spins = ex.spins, spin_hits = ex.spin_hits,
+                       spin_contended = ex.spin_contended;
+    double spin = ex.spin;
     double idle_exit = ex.idle_exit;
     pthread_mutex_unlock(&ex.mu);
-    return Py_BuildValue("{slslslslslslsdsKsKsKsK}", "threads", threads, "idle", idle,
+    return Py_BuildValue("{slslslslslslsdsdsKsKsKsKsKsKsK}", "threads", threads, "idle", idle,
                          "running", running, "spare", spare, "queued", queued, "max_workers",
-                         max_workers, "idle_exit", idle_exit, "started", started, "retired",
-                         retired, "ran", ran, "rescued", rescued);
+                         max_workers, "idle_exit", idle_exit, "spin", spin, "started", started,
+                         "retired", retired, "ran", ran, "rescued", rescued, "spins", spins,
+                         "spin_hits", spin_hits, "spin_contended", spin_contended);
 }
 
-/* executor_configure(max_workers, idle_exit): None leaves a setting as it is. */
+/* executor_configure(max_workers, idle_exit, spin=None): None leaves a setting as it is. */
 static PyObject *
 executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2)
-        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit)");
+    if (nargs != 2 && nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit, spin=None)");
     long n = -1;
-    double t = -1;
+    double t = -1, sp = -1;
+    PyObject *spin = nargs == 3 ? args[2] : Py_None;
     if (args[0] != Py_None && ((n = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()))
         return NULL;
     if (args[1] != Py_None && ((t = PyFloat_AsDouble(args[1])) == -1 && PyErr_Occurred()))
         return NULL;
+    if (spin != Py_None && ((sp = PyFloat_AsDouble(spin)) == -1 && PyErr_Occurred()))
+        return NULL;
     if ((args[0] != Py_None && (n < 1 || n > 1024)) ||
-        (args[1] != Py_None && !(t > 0 && t <= 86400))) {
-        PyErr_SetString(PyExc_ValueError, "max_workers: 1..1024, idle_exit: (0, 86400]");
+        (args[1] != Py_None && !(t > 0 && t <= 86400)) ||
+        (spin != Py_None && !(sp >= 0 && sp <= 0.01))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "max_workers: 1..1024, idle_exit: (0, 86400], spin: [0, 0.01]");
         return NULL;
     }
     pthread_mutex_lock(&ex.mu);
@@ -944,6 +953,10 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         ex.max_workers = (int)n;
     if (t > 0)
         ex.idle_exit = t;
+    if (spin != Py_None) {
+        ex.spin = sp;
+        ex.spin_skip = ex.spin_backoff = 0;
+    }
     /* Waiting ones look at the new deadline and bound (the surplus retires). */
     pthread_cond_broadcast(&ex.idle_cv);
     pthread_cond_broadcast(&ex.spare_cv);

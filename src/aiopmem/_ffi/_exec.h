@@ -14,6 +14,12 @@
    beyond the first exit after `idle_exit` seconds; at most `max_workers` exist (when the bound
    is lowered, the surplus retires as each one next looks at the queue, never with a job).
 
+   The watch. A worker back from a job with nothing queued watches the queue for up to
+   ex.spin seconds before it sleeps (it counts as in transit meanwhile: a submission wakes
+   nobody), so a task that awaits one job after another is served without a wake-up. A watch
+   during which the worker got clearly less CPU than the time it watched (the CPU was wanted
+   elsewhere) makes the next ones rarer (exponential backoff, at most EXEC_SPIN_BACKOFF).
+
    Rescue. A job's deliver may ask for a look later (exec_delivered): the first idle worker
    whose wait reaches that time calls the rescue hook (set by the user of the executor), which
    returns how long until it wants another look (0: none). The jobs' user uses it to commit the
@@ -27,7 +33,9 @@
 #define AIOPMEM_EXEC_H
 
 #include <errno.h>
+#include <stdlib.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <time.h>
@@ -41,6 +49,9 @@ struct ExecJob {
 };
 
 #define EXEC_STALL 0.002
+#define EXEC_SPIN_YIELD 10e-6
+#define EXEC_SPIN_BACKOFF 256
+#define EXEC_SPIN_DEFAULT_US 100
 
 static struct {
     pthread_mutex_t mu;
@@ -52,6 +63,9 @@ static struct {
     int wake_wanted; /* a deferred submission waits for exec_flush() */
     int max_workers;
     double idle_exit;
+    double spin;  /* seconds a worker back from a job watches the queue before sleeping */
+    int spinning; /* a worker does so now (it counts as in transit: nobody wakes one) */
+    int spin_skip, spin_backoff; /* after a watch that saw nothing: how many to skip */
     double rescue_at; /* when an idle worker calls the rescue hook (0: not wanted) */
     double (*rescue)(void);
     /* Batches: a deliver may hold its signal back while more jobs are queued (held_pending);
@@ -60,6 +74,7 @@ static struct {
     int held_pending;
     void (*release)(void);
     unsigned long long started, retired, ran; /* counters, for tests and benchmarks */
+    unsigned long long spins, spin_hits, spin_contended;
 } ex;
 
 static double
@@ -68,6 +83,16 @@ exec_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline void
+exec_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
 static void
@@ -294,11 +319,39 @@ exec_wait(pthread_cond_t *cv, int *count, double until)
     return r;
 }
 
+static double
+exec_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Watch the queue for up to ex.spin seconds (ex.mu not held), yielding the CPU now and then
+   (the event loop's thread may be waiting for it). 1 if this thread got clearly less CPU than
+   the time it watched: others wanted the CPU. */
+static int
+exec_spin(void)
+{
+    double now = exec_now(), start = now, cpu = exec_cpu_now();
+    double until = now + ex.spin, yield_at = now + EXEC_SPIN_YIELD;
+    while (__atomic_load_n(&ex.head, __ATOMIC_RELAXED) == NULL && (now = exec_now()) < until) {
+        if (now >= yield_at) {
+            sched_yield();
+            yield_at = now + EXEC_SPIN_YIELD;
+        }
+        else
+            exec_relax();
+    }
+    return exec_cpu_now() - cpu < 0.8 * (exec_now() - start);
+}
+
 /* Wait for a job this worker should run (ex.mu held); NULL: retire. */
 static ExecJob *
 exec_take(void)
 {
     int arriving = 1;      /* just started, or back from a job: first in line for the queue */
+    int spun = 0;          /* watched the queue for ex.spin already */
     double idle_since = 0; /* when this worker found nothing to do */
     for (;;) {
         if (ex.threads > ex.max_workers) { /* the bound was lowered: the surplus retires */
@@ -336,6 +389,25 @@ exec_take(void)
             arriving = 0;
             idle_since = 0;
             exec_rescue_if_due();
+        }
+        else if (!spun && ex.spin > 0 && !ex.spinning && ex.spin_skip-- <= 0) {
+            spun = 1;
+            ex.spinning = 1;
+            pthread_mutex_unlock(&ex.mu);
+            int contended = exec_spin();
+            pthread_mutex_lock(&ex.mu);
+            ex.spinning = 0;
+            ex.spins++;
+            ex.spin_hits += ex.head != NULL;
+            ex.spin_contended += contended;
+            if (!contended)
+                ex.spin_backoff = ex.spin_skip = 0;
+            else { /* the watch took CPU time others wanted (the loop's, maybe): less often */
+                ex.spin_backoff = ex.spin_backoff ? 2 * ex.spin_backoff : 1;
+                if (ex.spin_backoff > EXEC_SPIN_BACKOFF)
+                    ex.spin_backoff = EXEC_SPIN_BACKOFF;
+                ex.spin_skip = ex.spin_backoff;
+            }
         }
         else {
             double now = exec_now();
@@ -443,7 +515,7 @@ exec_fork_child(void)
         ex.queued += n;
     }
     ex.running_jobs = NULL;
-    ex.threads = ex.idle = ex.running = ex.spare = ex.waking = 0;
+    ex.threads = ex.idle = ex.running = ex.spare = ex.waking = ex.spinning = 0;
 }
 
 /* In the child, once Python runs again: a worker for the jobs queued at the fork, and a look
@@ -467,6 +539,10 @@ exec_init(void)
     exec_init_locks();
     ex.max_workers = 64;
     ex.idle_exit = 10.0;
+    /* AIOPMEM_SPIN_US: the watch after a job, in microseconds (0: none). */
+    const char *spin = getenv("AIOPMEM_SPIN_US");
+    double us = spin && *spin ? atof(spin) : EXEC_SPIN_DEFAULT_US;
+    ex.spin = us > 0 && us <= 10000 ? us * 1e-6 : 0;
 }
 
 #endif
