@@ -430,6 +430,35 @@ def _wait_child(pid: int) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_trio_runs_in_several_threads_start_together() -> None:
+    """The first trio runs of a process, in four threads at once, each with its own port:
+    every map and unmap completes (a fresh interpreter, so that these are the first uses)."""
+    code = textwrap.dedent(
+        """
+        import threading, trio, aiopmem
+        done = []
+        start = threading.Barrier(4)
+        async def main(i):
+            async with aiopmem.reserve(1 << 20) as rsv:
+                for _ in range(50):
+                    m = await rsv.map_anonymous(i * 4096, 4096)
+                    await m.unmap()
+            done.append(i)
+        def run(i):
+            start.wait()
+            trio.run(main, i)
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert sorted(done) == [0, 1, 2, 3], done
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
 def test_a_forked_child_has_a_working_executor() -> None:
     async def round_trip() -> None:
         async with aiopmem.reserve(4 * P) as rsv:

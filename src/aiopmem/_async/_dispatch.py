@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -388,14 +389,21 @@ _trio_lowlevel: Any = None
 _trio_port_var: Any = None
 
 
-def _trio_setup() -> Any:
-    global _trio_lowlevel, _trio_port_var
-    import trio
+_trio_setup_lock = threading.Lock()
 
-    _protect_from_ki(trio)
-    _trio_port_var = trio.lowlevel.RunVar("aiopmem job port")
-    _trio_lowlevel = trio.lowlevel
-    return _trio_port_var
+
+def _trio_setup() -> Any:
+    """Once per process (trio runs in two threads may start together): the RunVar is made
+    once, and published after trio.lowlevel, which the callers read once they see it."""
+    global _trio_lowlevel, _trio_port_var
+    with _trio_setup_lock:
+        if _trio_port_var is None:
+            import trio
+
+            _protect_from_ki(trio)
+            _trio_lowlevel = trio.lowlevel
+            _trio_port_var = trio.lowlevel.RunVar("aiopmem job port")
+        return _trio_port_var
 
 
 def _trio_job_port() -> JobPort:

@@ -390,7 +390,8 @@ exec_take(void)
             idle_since = 0;
             exec_rescue_if_due();
         }
-        else if (!spun && ex.spin > 0 && !ex.spinning && ex.spin_skip-- <= 0) {
+        else if (arriving && !spun && ex.spin > 0 && !ex.spinning && ex.spin_skip-- <= 0) {
+            /* Back from a job (or just started), nothing queued: watch before sleeping. */
             spun = 1;
             ex.spinning = 1;
             pthread_mutex_unlock(&ex.mu);
@@ -400,9 +401,13 @@ exec_take(void)
             ex.spins++;
             ex.spin_hits += ex.head != NULL;
             ex.spin_contended += contended;
+            /* Contended counts even when a job came: on a shared CPU the job came because the
+               watch yielded to the loop's thread, which had waited for this CPU. Measured
+               with a CPU hog, a task awaiting op after op lost 12-22% of its rate when only
+               misses backed off, 0-13% when contention does. */
             if (!contended)
                 ex.spin_backoff = ex.spin_skip = 0;
-            else { /* the watch took CPU time others wanted (the loop's, maybe): less often */
+            else {
                 ex.spin_backoff = ex.spin_backoff ? 2 * ex.spin_backoff : 1;
                 if (ex.spin_backoff > EXEC_SPIN_BACKOFF)
                     ex.spin_backoff = EXEC_SPIN_BACKOFF;
@@ -542,7 +547,7 @@ exec_init(void)
     /* AIOPMEM_SPIN_US: the watch after a job, in microseconds (0: none). */
     const char *spin = getenv("AIOPMEM_SPIN_US");
     double us = spin && *spin ? atof(spin) : EXEC_SPIN_DEFAULT_US;
-    ex.spin = us > 0 && us <= 10000 ? us * 1e-6 : 0;
+    ex.spin = us > 0 ? (us < 10000 ? us : 10000) * 1e-6 : 0; /* not a number: atof gives 0 */
 }
 
 #endif
