@@ -26,22 +26,4 @@ class ReservationFields(_ffi.ReservationBase):
         _count: int
 
     # -- attributes ----------------------------------------------------------------------------
-
-    @property
-    def address(self) -> int:
-        """Address of the first usable byte (moves up when the front is shrunk)."""
-        return self._address
-
-    @property
-    def size(self) -> int:
-        """Usable size in bytes."""
-        return self._size
-
-    @property
-    def max_size(self) -> int:
-        """Size up to which ``extend()`` cannot fail for lack of room (the headroom's end)."""
-        return self._max_size
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # address, size, max_size and closed are the C base's own descriptors (read-only).

@@ -93,6 +93,18 @@ class ReservationBase:
     _size: int
     _max_size: int
     _closed: bool
+    @property
+    def address(self) -> int:
+        """Address of the first usable byte (moves up when the front is shrunk)."""
+    @property
+    def size(self) -> int:
+        """Usable size in bytes."""
+    @property
+    def max_size(self) -> int:
+        """Size up to which ``extend()`` cannot fail for lack of room (the headroom's end)."""
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has run."""
     _count: int
     _facade: Any
     def _map(

@@ -345,8 +345,11 @@ core_get_count(Core *c, void *unused)
     return PyLong_FromSsize_t(c->nmapped);
 }
 
+/* The public attributes are C descriptors too (a Python property costs a call per read, as
+   much as an extend inside the headroom); the underscored names are the core's own reads. */
 static PyGetSetDef core_getset[] = {
     {"_closed", (getter)core_get_closed, NULL, NULL, NULL},
+    {"closed", (getter)core_get_closed, NULL, "True once close() has run.", NULL},
     {"_count", (getter)core_get_count, NULL, NULL, NULL},
     {NULL},
 };
@@ -355,6 +358,11 @@ static PyMemberDef core_members[] = {
     {"_address", T_ULONGLONG, offsetof(Core, address), READONLY, NULL},
     {"_size", T_ULONGLONG, offsetof(Core, size), READONLY, NULL},
     {"_max_size", T_ULONGLONG, offsetof(Core, max_size), READONLY, NULL},
+    {"address", T_ULONGLONG, offsetof(Core, address), READONLY,
+     "Address of the first usable byte (moves up when the front is shrunk)."},
+    {"size", T_ULONGLONG, offsetof(Core, size), READONLY, "Usable size in bytes."},
+    {"max_size", T_ULONGLONG, offsetof(Core, max_size), READONLY,
+     "Size up to which extend() cannot fail for lack of room (the headroom's end)."},
     {"_facade", T_OBJECT, offsetof(Core, facade), 0, NULL},
     {NULL},
 };
