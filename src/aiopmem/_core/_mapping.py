@@ -167,30 +167,40 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         _facade: object | None
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
+    # address, size, file_offset, reservation, protection, sharing and closed are the C
+    # base's own descriptors (read-only; no Python call per read).
 
-    @property
-    def address(self) -> int:
-        """Absolute address of the first mapped byte (never changes)."""
-        return self._addr
+    if TYPE_CHECKING:
 
-    @property
-    def size(self) -> int:
-        """Bytes mapped (the length asked for; the last page may be partial)."""
-        return self._size
+        @property
+        def address(self) -> int:
+            """Absolute address of the first mapped byte (never changes)."""
+
+        @property
+        def size(self) -> int:
+            """Bytes mapped (the length asked for; the last page may be partial)."""
+
+        @property
+        def file_offset(self) -> int:
+            """Offset in the file of the first mapped byte (0 for anonymous mappings)."""
+
+        @property
+        def reservation(self) -> Reservation: ...
+
+        @property
+        def protection(self) -> Protection: ...
+
+        @property
+        def sharing(self) -> Sharing: ...
+
+        @property
+        def closed(self) -> bool:
+            """True once unmapped (by ``unmap()`` or by closing the reservation)."""
 
     @property
     def offset(self) -> int:
         """Current offset inside the reservation (drops when the reservation's front is shrunk)."""
         return self._addr - self._rsv.address
-
-    @property
-    def reservation(self) -> Reservation:
-        return self._rsv
-
-    @property
-    def file_offset(self) -> int:
-        """Offset in the file of the first mapped byte (0 for anonymous mappings)."""
-        return self._file_offset
 
     @property
     def file(self) -> str | None:
@@ -199,22 +209,9 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         return f"file descriptor {f}" if type(f) is int else f  # type: ignore[return-value]
 
     @property
-    def protection(self) -> Protection:
-        return self._protection
-
-    @property
-    def sharing(self) -> Sharing:
-        return self._sharing
-
-    @property
     def granularity(self) -> Granularity:
         """The coarsest store granularity ``persist()`` guarantees (see ``Granularity``)."""
         return _GRANULARITY[self._gran]
-
-    @property
-    def closed(self) -> bool:
-        """True once unmapped (by ``unmap()`` or by closing the reservation)."""
-        return self._state == CLOSED
 
     _public_name = "aiopmem.sync.Mapping"
 

@@ -454,6 +454,30 @@ static PyMemberDef map_members[] = {
     {"_gran", T_INT, offsetof(MapObj, gran), READONLY, NULL},
     {"_pins", T_LONG, offsetof(MapObj, pins), READONLY, NULL},
     {"_locked", T_INT, offsetof(MapObj, locked), READONLY, NULL},
+    /* The plain public attributes (as the reservation's: no Python call per read). */
+    {"address", T_ULONGLONG, offsetof(MapObj, addr), READONLY,
+     "Absolute address of the first mapped byte (never changes)."},
+    {"size", T_ULONGLONG, offsetof(MapObj, size), READONLY,
+     "Bytes mapped (the length asked for; the last page may be partial)."},
+    {"file_offset", T_ULONGLONG, offsetof(MapObj, file_offset), READONLY,
+     "Offset in the file of the first mapped byte (0 for anonymous mappings)."},
+    {"reservation", T_OBJECT, offsetof(MapObj, rsv), READONLY, "The reservation mapped into."},
+    {"protection", T_OBJECT, offsetof(MapObj, protection), READONLY,
+     "The access it was mapped with (protect() changes it)."},
+    {"sharing", T_OBJECT, offsetof(MapObj, sharing), READONLY, "SHARED or PRIVATE."},
+    {NULL},
+};
+
+static PyObject *
+map_get_closed(MapObj *m, void *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(m->state == ST_CLOSED);
+}
+
+static PyGetSetDef map_getset[] = {
+    {"closed", (getter)map_get_closed, NULL,
+     "True once unmapped (by unmap() or by closing the reservation).", NULL},
     {NULL},
 };
 
@@ -502,6 +526,7 @@ static PyTypeObject MapType = {
     .tp_dealloc = (destructor)map_dealloc,
     .tp_weaklistoffset = offsetof(MapObj, weakreflist),
     .tp_members = map_members,
+    .tp_getset = map_getset,
 };
 
 /* -- reserve ------------------------------------------------------------------------------- */
