@@ -160,10 +160,10 @@ def _trio_guest() -> bool:
 
 
 def _weakly(owner: Any, method: str) -> Callable[[Callable[[], None]], object]:
-    """``owner.<method>`` without a strong reference to ``owner``: a port is the value of a
-    weak-keyed entry whose key is ``owner``, and a strong one would keep every event loop (or
-    trio token) that ever used the pool alive. While a job is in flight its waiter (a future
-    of the loop, a task of the run) keeps the owner alive."""
+    """``owner.<method>`` without a strong reference to ``owner``: a port is held for its
+    owner (a weak-keyed entry, or the run's RunVar), and a strong one would keep every event
+    loop (or trio token) that ever used the pool alive. While a job is in flight its waiter
+    (a future of the loop, a task of the run) keeps the owner alive."""
     ref = weakref.ref(owner)
 
     def call(callback: Callable[[], None]) -> object:

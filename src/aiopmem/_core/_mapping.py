@@ -24,7 +24,16 @@ from ._errors import ClosedError, LengthOutOfRangeError, NoAccessError, OffsetOu
 if TYPE_CHECKING:
     from ._reservation import Reservation
 
-__all__ = ["CLOSED", "OPEN", "UNMAPPING", "Mapping", "MemArgs", "busy_error", "bytes_view"]
+__all__ = [
+    "CLOSED",
+    "OPEN",
+    "UNMAPPING",
+    "Mapping",
+    "MemArgs",
+    "busy_error",
+    "bytes_view",
+    "check_range",
+]
 
 OPEN: Final = _ffi.ST_OPEN
 UNMAPPING: Final = _ffi.ST_UNMAPPING
@@ -124,15 +133,16 @@ def no_access(address: int, what: str, rsv: RangeOwner | None) -> NoAccessError:
     )
 
 
-def _range(off: int, n: int | None, size: int) -> tuple[int, int]:
-    """Check ``(offset, length)`` against a mapping of ``size`` bytes (view and persist)."""
+def check_range(off: int, n: int | None, size: int, what: str = "mapping") -> tuple[int, int]:
+    """Check ``(offset, length)`` against ``what`` (a mapping, or a reservation) of ``size``
+    bytes; ``n`` None: to the end. Returns ``(offset, length)``."""
     if off < 0 or off > size:
-        raise OffsetOutOfRangeError(f"offset {off} is outside the mapping [0, {size}]")
+        raise OffsetOutOfRangeError(f"offset {off} is outside the {what} [0, {size}]")
     if n is None:
         return off, size - off
     if n < 0 or off + n > size:
         raise LengthOutOfRangeError(
-            f"length {n} at offset {off} reaches outside the mapping of {size} bytes"
+            f"length {n} at offset {off} reaches outside the {what} of {size} bytes"
         )
     return off, n
 
@@ -247,7 +257,7 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
             raise ClosedError("the mapping is unmapped")
         if Protection.READ not in self._protection:
             raise NoAccessError(f"the mapping's protection {self._protection} lacks READ")
-        off, n = _range(off, n, self._size)
+        off, n = check_range(off, n, self._size)
         view = self._rsv._mview(self, off, n, Protection.WRITE not in self._protection)
         if type(view) is int:
             if view == _C_NOACCESS:  # a protect() in another thread took READ away meanwhile
@@ -275,7 +285,7 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         off, n = as_int(offset, "offset"), as_optional_int(length, "length")
         if self._state != OPEN:
             raise ClosedError("the mapping is unmapped")
-        off, n = _range(off, n, self._size)
+        off, n = check_range(off, n, self._size)
         return align_down(self._addr + off), align_up(self._addr + off + n)
 
     def _persisted(self, err: int) -> None:
@@ -302,7 +312,7 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
             raise ClosedError("the mapping is unmapped")
         if access is not None and access not in self._protection:
             raise NoAccessError(f"the mapping's protection {self._protection} lacks {access.name}")
-        off, n = _range(off, n, self._size)
+        off, n = check_range(off, n, self._size)
         return self._addr + off, self._addr + off + n
 
     def _copy_range(self, offset: object, n: int | None, access: Protection) -> tuple[int, int]:
@@ -311,15 +321,7 @@ class Mapping(_ffi.MappingBase, metaclass=NoPublicConstructor):
         off = as_int(offset, "offset")
         if self._state != OPEN:
             raise ClosedError("the mapping is unmapped")
-        size = self._size
-        if off < 0 or off > size:
-            raise OffsetOutOfRangeError(f"offset {off} is outside the mapping [0, {size}]")
-        if n is None:
-            n = size - off
-        elif n < 0 or off + n > size:
-            raise LengthOutOfRangeError(
-                f"{n} bytes at offset {off} reach outside the mapping of {size} bytes"
-            )
+        off, n = check_range(off, n, self._size)
         if access not in self._protection:
             raise NoAccessError(f"the mapping's protection {self._protection} lacks {access.name}")
         return self._addr + off, self._addr + off + n

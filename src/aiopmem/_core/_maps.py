@@ -191,18 +191,19 @@ class Maps(Holes):
             NoAccessError: the kernel refuses the access (e.g. read-only file with WRITE).
             OSError: any other failure of the kernel; the range stays a placeholder.
         """
-        # Plain ints skip the coercion calls: this is the hot path.
-        if type(offset) is not int:
-            offset = as_int(offset, "offset")
-        n = length if length is None or type(length) is int else as_int(length, "length")
-        if type(file_offset) is not int:
-            file_offset = as_int(file_offset, "file_offset")
-        if type(protection) is not Protection:
-            _check_protection(protection)
-        if type(sharing) is not Sharing:
-            _check_sharing(sharing)
-        if self.closed:
-            raise ClosedError("the reservation is closed")
+        # Plain arguments on an open reservation skip the checks' call: this is the hot path.
+        n = length
+        if (
+            type(offset) is not int
+            or (length is not None and type(length) is not int)
+            or type(file_offset) is not int
+            or type(protection) is not Protection
+            or type(sharing) is not Sharing
+            or self.closed
+        ):
+            offset, n, file_offset, protection, sharing = self._path_args(
+                offset, length, file_offset, protection, sharing
+            )
         shared = sharing is _SHARED
         bits = _PROT_BITS[protection._value_]
         src: Source | None = None
@@ -280,9 +281,8 @@ class Maps(Holes):
         protection: object,
         sharing: object,
     ) -> tuple[int, int | None, int, Protection, Sharing]:
-        """map_file()'s argument checks (types, closed) before a path is opened by a job (the
-        same as map_file() makes inline: there they skip the calls for plain ints, its hot
-        path)."""
+        """map_file()'s argument checks (types, closed), in the contract's order: made by
+        map_file() for anything but plain arguments, and before a path is opened by a job."""
         off = as_int(offset, "offset")
         n = as_optional_int(length, "length")
         foff = as_int(file_offset, "file_offset")

@@ -11,11 +11,9 @@ from ._align import as_int, as_optional_int
 from ._base import ReservationFields
 from ._errors import (
     ClosedError,
-    LengthOutOfRangeError,
     NoAccessError,
-    OffsetOutOfRangeError,
 )
-from ._mapping import Mapping, MemArgs, bytes_view, mem_outcome
+from ._mapping import Mapping, MemArgs, bytes_view, check_range, mem_outcome
 
 __all__ = ["Views"]
 
@@ -79,17 +77,9 @@ class Views(ReservationFields):
         off = as_int(offset, "offset")
         if self.closed:
             raise ClosedError("the reservation is closed")
-        size = self.size
-        if off < 0 or off > size:
-            raise OffsetOutOfRangeError(f"offset {off} is outside the reservation [0, {size}]")
-        if length is None:
-            length = size - off
-        elif length < 0 or off + length > size:
-            raise LengthOutOfRangeError(
-                f"length {length} at offset {off} reaches outside the reservation of {size} bytes"
-            )
+        off, n = check_range(off, length, self.size, "reservation")
         base = self.address
-        return base + off, base + off + length
+        return base + off, base + off + n
 
     def _write_args(self, offset: object, data: object) -> MemArgs:
         mv = bytes_view(data)

@@ -65,7 +65,7 @@ static struct {
     double idle_exit;
     double spin;  /* seconds a worker back from a job watches the queue before sleeping */
     int spinning; /* a worker does so now (it counts as in transit: nobody wakes one) */
-    int spin_skip, spin_backoff; /* after a watch that saw nothing: how many to skip */
+    int spin_skip, spin_backoff; /* after a contended watch: how many to skip */
     double rescue_at; /* when an idle worker calls the rescue hook (0: not wanted) */
     double (*rescue)(void);
     /* Batches: a deliver may hold its signal back while more jobs are queued (held_pending);
@@ -78,11 +78,17 @@ static struct {
 } ex;
 
 static double
-exec_now(void)
+exec_clock(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double
+exec_now(void)
+{
+    return exec_clock(CLOCK_MONOTONIC);
 }
 
 static inline void
@@ -319,21 +325,13 @@ exec_wait(pthread_cond_t *cv, int *count, double until)
     return r;
 }
 
-static double
-exec_cpu_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* Watch the queue for up to ex.spin seconds (ex.mu not held), yielding the CPU now and then
    (the event loop's thread may be waiting for it). 1 if this thread got clearly less CPU than
    the time it watched: others wanted the CPU. */
 static int
 exec_spin(void)
 {
-    double now = exec_now(), start = now, cpu = exec_cpu_now();
+    double now = exec_now(), start = now, cpu = exec_clock(CLOCK_THREAD_CPUTIME_ID);
     double until = now + ex.spin, yield_at = now + EXEC_SPIN_YIELD;
     while (__atomic_load_n(&ex.head, __ATOMIC_RELAXED) == NULL && (now = exec_now()) < until) {
         if (now >= yield_at) {
@@ -343,7 +341,7 @@ exec_spin(void)
         else
             exec_relax();
     }
-    return exec_cpu_now() - cpu < 0.8 * (exec_now() - start);
+    return exec_clock(CLOCK_THREAD_CPUTIME_ID) - cpu < 0.8 * (exec_now() - start);
 }
 
 /* Wait for a job this worker should run (ex.mu held); NULL: retire. */
