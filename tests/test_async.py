@@ -26,7 +26,7 @@ import kernel
 from aiopmem._async import _dispatch
 from aiopmem._async import _reservation as async_reservation_module
 from aiopmem.testing import inject
-from sizes import MiB
+from sizes import MiB, P
 
 pytestmark = pytest.mark.anyio
 
@@ -636,3 +636,53 @@ def test_the_cheap_cancellation_check_agrees_with_anyio(uvloop: bool) -> None:
     assert anyio.run(scenarios, backend="asyncio", backend_options=options) == [
         False, True, False, True, True,
     ]  # fmt: skip
+
+
+def test_the_cheap_cancellation_check_agrees_with_trio() -> None:
+    """The same on trio: ``_trio_cancel_due`` must say yes exactly where trio's
+    ``checkpoint_if_cancelled`` raises (nested, cancelled, shielded scopes, a deadline in the
+    past), and where it says no it counts the cancel point as trio does
+    (``trio.testing.assert_checkpoints`` relies on the count)."""
+    import trio
+    import trio.testing
+
+    async def agrees() -> bool:
+        task = trio.lowlevel.current_task()
+        points = task._cancel_points
+        due = _dispatch._trio_cancel_due(task)
+        assert task._cancel_points == points + (not due)
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except trio.Cancelled:
+            assert due, "checkpoint_if_cancelled raised where the check said no"
+            return True
+        assert not due, "the check said yes where checkpoint_if_cancelled did not raise"
+        return False
+
+    async def scenarios() -> list[bool]:
+        async with aiopmem.reserve(P):  # sets up the async API's trio side
+            pass
+        seen = [await agrees()]
+        with trio.CancelScope() as outer:
+            outer.cancel()
+            seen.append(await agrees())
+        with trio.CancelScope() as outer:
+            outer.cancel()
+            with trio.CancelScope(shield=True):
+                seen.append(await agrees())
+        with trio.CancelScope(shield=True), trio.CancelScope() as inner:
+            inner.cancel()
+            seen.append(await agrees())
+        with trio.move_on_at(trio.current_time() - 1):
+            seen.append(await agrees())
+        with trio.CancelScope() as outer, trio.CancelScope():
+            outer.cancel()
+            seen.append(await agrees())
+        async with aiopmem.reserve(P) as rsv:
+            with trio.testing.assert_checkpoints():
+                m = await rsv.map_anonymous(0, P)
+            with trio.testing.assert_checkpoints():
+                await m.unmap()
+        return seen
+
+    assert trio.run(scenarios) == [False, True, False, True, True, True]

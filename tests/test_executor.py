@@ -61,11 +61,16 @@ def _wait_ran(n: int, timeout: float = 5.0) -> None:
 @contextmanager
 def configured(**settings: Any) -> Iterator[None]:
     before = executor_stats()
-    executor_configure(settings.get("max_workers"), settings.get("idle_exit"), settings.get("spin"))
+    executor_configure(
+        settings.get("max_workers"), settings.get("idle_exit"), settings.get("spin"),
+        settings.get("wait"),
+    )  # fmt: skip
     try:
         yield
     finally:
-        executor_configure(before["max_workers"], before["idle_exit"], before["spin"])
+        executor_configure(
+            before["max_workers"], before["idle_exit"], before["spin"], before["wait"]
+        )
 
 
 def test_a_job_runs_while_the_caller_never_lets_go_of_the_gil() -> None:
@@ -318,6 +323,9 @@ def test_configure_refuses_bad_settings() -> None:
         (None, None, -1e-6),
         (None, None, 1.0),
         (None, None, float("nan")),
+        (None, None, None, -1e-6),
+        (None, None, None, 0.01),
+        (None, None, None, float("nan")),
     ):
         with pytest.raises(ValueError):
             executor_configure(*bad)
@@ -355,6 +363,122 @@ def test_no_watch_when_it_is_turned_off() -> None:
         after = executor_stats()
         assert after["spin"] == 0.0
     assert after["spins"] == before["spins"]
+
+
+def _mapped(address: int) -> bool:
+    """The page at ``address`` is mapped read-write (per /proc/self/maps)."""
+    return all(v.perms.startswith("rw") for v in kernel.vmas_in(address, address + P))
+
+
+def _placeholder(address: int) -> bool:
+    vmas = kernel.vmas_in(address, address + P)
+    return bool(vmas) and all(kernel.is_placeholder(v) for v in vmas)
+
+
+def _lone_task_maps(
+    anyio_backend: tuple[str, dict[str, object]], n: int, probe: Callable[[], Any] | None = None
+) -> int:
+    """``n`` map+unmap pairs of one task (anonymous, one page), with a task that counts its
+    turns alongside; returns that count. ``probe`` runs in each turn (it may cancel)."""
+    turns = 0
+
+    async def main() -> None:
+        nonlocal turns
+        async with aiopmem.reserve(4 * P) as rsv, anyio.create_task_group() as tg:
+            done = anyio.Event()
+
+            async def beat() -> None:
+                nonlocal turns
+                while not done.is_set():
+                    turns += 1
+                    if probe is not None:
+                        probe()
+                    await anyio.lowlevel.checkpoint()
+
+            tg.start_soon(beat)
+            for _ in range(n):
+                m = await rsv.map_anonymous(0, P)
+                assert _mapped(m.address)
+                await m.unmap()
+            done.set()
+
+    backend, options = anyio_backend
+    anyio.run(main, backend=backend, backend_options=options)
+    return turns
+
+
+def test_a_lone_task_is_served_by_the_callers_wait_and_still_yields(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """One task awaiting short jobs one after another, a worker watching the queue: the
+    event loop's thread waits for each job itself (a hit: no eventfd, no parking), and the
+    await still yields once, so another task keeps getting its turns (at least one per op)."""
+    with configured(spin=0.005, wait=0.001):
+        before = executor_stats()
+        # Hits need the other CPU free (a contended wait backs off): a few rounds at most.
+        deadline = time.monotonic() + 5
+        while True:
+            turns = _lone_task_maps(anyio_backend, 100)
+            assert turns >= 200, turns  # every op let the other task run, hit or not
+            after = executor_stats()
+            if after["wait_hits"] > before["wait_hits"] or time.monotonic() > deadline:
+                break
+    assert after["wait_hits"] > before["wait_hits"], (before, after)
+    assert after["wait"] == before["wait"]  # restored
+
+
+def test_no_callers_wait_when_it_is_turned_off(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    with configured(spin=0.005, wait=0.0):
+        before = executor_stats()
+        _lone_task_maps(anyio_backend, 20)
+        after = executor_stats()
+        assert after["wait"] == 0.0
+    assert after["waits"] == before["waits"]
+
+
+def test_a_map_served_by_the_callers_wait_is_undone_if_cancelled_at_its_yield(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """The yield after a job the caller's thread waited for is where a cancellation can come
+    in (the mapping is made then, not returned yet): it is unmapped again and the caller sees
+    the cancellation; a map that returned stays mapped."""
+    outcomes = []
+
+    async def main() -> None:
+        async with aiopmem.reserve(4 * P) as rsv:
+            core = rsv.sync
+            deadline = time.monotonic() + 5  # a hit needs the other CPU free: rounds until one
+            while "cancelled" not in outcomes and time.monotonic() < deadline:
+                with anyio.CancelScope() as scope:
+
+                    async def watch(scope: anyio.CancelScope = scope) -> None:
+                        while not scope.cancel_called:
+                            if core.mappings():
+                                scope.cancel()
+                            await anyio.lowlevel.checkpoint()
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(watch)
+                        await anyio.lowlevel.checkpoint()  # watch runs first
+                        try:
+                            m = await rsv.map_anonymous(0, P)
+                        except BaseException:
+                            outcomes.append("cancelled")
+                            assert core.mappings() == []
+                            assert _placeholder(core.address)
+                            raise
+                        outcomes.append("mapped")
+                        assert _mapped(m.address)
+                        with anyio.CancelScope(shield=True):
+                            await m.unmap()
+                        scope.cancel()
+
+    backend, options = anyio_backend
+    with configured(spin=0.005, wait=0.001):
+        anyio.run(main, backend=backend, backend_options=options)
+    assert "cancelled" in outcomes, outcomes
 
 
 def test_a_job_does_not_begin_where_the_gate_would_wait() -> None:

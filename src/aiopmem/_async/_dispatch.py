@@ -365,12 +365,30 @@ def _asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
     global _last_asyncio_job_port
     port = _asyncio_job_ports.get(loop)
     if port is None:
-        port = JobPort(None, _weakly(loop, "call_soon"))
+        port = JobPort("job", _weakly(loop, "call_soon"))
         ports.add(port)
         loop.add_reader(port.fileno(), port.drain)
         _asyncio_job_ports[loop] = port
     _last_asyncio_job_port = (weakref.ref(loop), weakref.ref(port))
     return port
+
+
+async def _cancelled_job(
+    loop: asyncio.AbstractEventLoop,
+    job: Any,
+    undo: Callable[[Any], object] | None,
+    check: Callable[[Any], Any],
+) -> None:
+    """The caller of a C job awaited itself was cancelled: the cancellation comes in only once
+    the job is delivered (its cancel() refuses), so its result is there: checked (an error of
+    the job wins) and undone, shielded; the caller then lets the cancellation continue."""
+    with anyio.CancelScope(shield=True):
+        while not job.delivered:  # not expected: a throw() from elsewhere into the task
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        result = check(job.outcome())
+        if undo is not None:
+            await _undo_asyncio(loop, undo, result)
 
 
 def _protect_from_ki(trio: Any) -> None:
@@ -389,18 +407,58 @@ _trio_lowlevel: Any = None
 _trio_port_var: Any = None
 
 
+def _always_due(task: Any) -> bool:
+    return True
+
+
+#: Whether a checkpoint would raise in the trio task now (set up with the rest: _trio_due).
+_trio_cancel_due: Callable[[Any], bool] = _always_due
+
+
+def _trio_due(lowlevel: Any) -> Callable[[Any], bool]:
+    """A plain function that tells whether trio's ``checkpoint_if_cancelled()`` would raise in
+    ``task`` (trio's own test: the task's cancel status, or a KeyboardInterrupt pending for the
+    main task), without making and awaiting a coroutine. When it says no, it counts the cancel
+    point as trio does (``trio.testing.assert_checkpoints`` reads the count). Where trio's
+    layout is not the one known here, it always says yes (the real checkpoint then decides)."""
+    try:
+        task = lowlevel.current_task()
+        runner = task._runner
+        if not (
+            type(task._cancel_status.effectively_cancelled) is bool
+            and type(runner.ki_pending) is bool
+            and type(task._cancel_points) is int
+            and runner.main_task is not None
+        ):
+            raise LookupError
+    except Exception:  # another trio
+        return _always_due
+
+    def due(task: Any) -> bool:
+        if task._cancel_status.effectively_cancelled:
+            return True
+        runner = task._runner
+        if runner.ki_pending and task is runner.main_task:
+            return True
+        task._cancel_points += 1
+        return False
+
+    return due
+
+
 _trio_setup_lock = threading.Lock()
 
 
 def _trio_setup() -> Any:
     """Once per process (trio runs in two threads may start together): the RunVar is made
     once, and published after trio.lowlevel, which the callers read once they see it."""
-    global _trio_lowlevel, _trio_port_var
+    global _trio_lowlevel, _trio_port_var, _trio_cancel_due
     with _trio_setup_lock:
         if _trio_port_var is None:
             import trio
 
             _protect_from_ki(trio)
+            _trio_cancel_due = _trio_due(trio.lowlevel)
             _trio_lowlevel = trio.lowlevel
             _trio_port_var = trio.lowlevel.RunVar("aiopmem job port")
         return _trio_port_var
@@ -460,18 +518,20 @@ async def run_job(
         port = last[1]() if last[0]() is loop else None
         if port is None:
             port = _asyncio_job_port(loop)
-        job = begin(port, loop.create_future(), *args)
+        job = begin(port, loop, *args)
         if type(job) is not _Job:
             if job != C_WOULD_BLOCK:
                 await anyio.lowlevel.checkpoint()
             return job
-        # _await_asyncio, inline (this is the path of every async operation).
+        # The job is awaited itself (see Port "job"): the port's drain wakes the task, and
+        # the await returns the committed result. A cancellation is taken only once the job
+        # is delivered (it is thrown in at the await).
         try:
-            await job.waiter
+            result = await job
         except asyncio.CancelledError:
-            await _cancelled_asyncio(loop, job, undo, check)
+            await _cancelled_job(loop, job, undo, check)
             raise
-        result = check(job.outcome())
+        result = check(result)
         # A cancellation due while the job ran but not delivered yet (the result may reach
         # the task first: the order of the loop's callbacks decides, and uvloop's differs from
         # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
@@ -489,25 +549,31 @@ async def run_job(
     if var is None:
         var = _trio_setup()
     lowlevel = _trio_lowlevel
-    if not always:
+    task = lowlevel.current_task()
+    due = _trio_cancel_due
+    if not always and due(task):
         await lowlevel.checkpoint_if_cancelled()
     port = var.get(None)
     if port is None:
         port = _trio_job_port()
-    job = begin(port, lowlevel.current_task(), *args)
+    job = begin(port, task, *args)
     if type(job) is not _Job:
         if job != C_WOULD_BLOCK:
             await lowlevel.checkpoint()
         return job
     # _await_trio, inline, for a job that has no ticket (a C job never waits at the gate).
-    await lowlevel.wait_task_rescheduled(_abort_failed)
+    if job.delivered:  # by the caller's wait (a short job, a watching worker): a schedule point
+        await lowlevel.cancel_shielded_checkpoint()
+    else:
+        await lowlevel.wait_task_rescheduled(_abort_failed)
     result = check(job.outcome())
-    try:
-        await lowlevel.checkpoint_if_cancelled()
-    except BaseException:
-        if undo is not None:
-            await _undo_trio(undo, result)
-        raise
+    if due(task):
+        try:
+            await lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            if undo is not None:
+                await _undo_trio(undo, result)
+            raise
     return result
 
 

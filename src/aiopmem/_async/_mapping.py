@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Mapping"]
 
+_new = object.__new__
+
 
 @final
 class Mapping(metaclass=NoPublicConstructor):
@@ -34,6 +36,16 @@ class Mapping(metaclass=NoPublicConstructor):
     def __init__(self, core: CoreMapping, rsv: Reservation) -> None:
         self._core = core
         self._rsv = rsv
+
+    @classmethod
+    def _facade_of(cls, core: CoreMapping, rsv: Reservation) -> Mapping:
+        """The async face of ``core``, made once (the core keeps it), without the metaclass's
+        ``_create``: this is on the path of every async map."""
+        m = _new(cls)
+        m._core = core
+        m._rsv = rsv
+        core._facade = m
+        return m
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 

@@ -30,15 +30,18 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
     once, not both.
     """
 
-    __slots__ = ("_coro", "_factory", "_name", "_value")
+    __slots__ = ("_args", "_coro", "_factory", "_name", "_value")
 
-    def __init__(self, factory: Callable[[], Coroutine[Any, Any, T]], name: str) -> None:
+    def __init__(
+        self, factory: Callable[..., Coroutine[Any, Any, T]], args: tuple[Any, ...], name: str
+    ) -> None:
         # _factory last: it is what __del__ looks at, so an interrupt in between leaves an
         # object that __del__ takes for never made, not a half-made one.
         self._name = name
         self._coro: Coroutine[Any, Any, T] | None = None
         self._value: T | None = None
-        self._factory: Callable[[], Coroutine[Any, Any, T]] | None = factory
+        self._args = args
+        self._factory: Callable[..., Coroutine[Any, Any, T]] | None = factory
 
     def __repr__(self) -> str:
         return f"<aiopmem.Opening of {self._name}>"
@@ -50,7 +53,7 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
             if factory is None:
                 raise RuntimeError(f"cannot reuse a closed {self!r}")
             self._factory = None  # first: never "never awaited" once the call is under way
-            coro = self._coro = factory()
+            coro = self._coro = factory(*self._args)
         return coro
 
     def __del__(self) -> None:
@@ -60,7 +63,8 @@ class Opening(Coroutine[Any, Any, T], Generic[T]):
             )
 
     def __await__(self) -> Generator[Any, None, T]:
-        return self._started().__await__()
+        coro = self._coro
+        return (self._started() if coro is None else coro).__await__()
 
     def send(self, value: Any) -> Any:
         return self._started().send(value)

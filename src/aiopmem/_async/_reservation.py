@@ -123,7 +123,7 @@ class Reservation(metaclass=NoPublicConstructor):
             return None
         facade = core._facade
         if facade is None:
-            facade = core._facade = Mapping._create(core, self)
+            facade = Mapping._facade_of(core, self)
         return facade  # type: ignore[return-value]
 
     def find(self, offset: int, length: int = 0) -> Mapping | None:
@@ -177,10 +177,12 @@ class Reservation(metaclass=NoPublicConstructor):
         either the mapping exists and the caller has it, or it does not exist. Leaving
         ``async with`` unmaps, shielded from cancellation.
         """
-        call = partial(self._map_file, file, offset, length, file_offset, protection, sharing)
+        args = (file, offset, length, file_offset, protection, sharing)
         if populate:
-            call = partial(self._populated, call)
-        return Opening(call, "aiopmem.Reservation.map_file()")
+            return Opening(
+                self._populated, (partial(self._map_file, *args),), "aiopmem.Reservation.map_file()"
+            )
+        return Opening(self._map_file, args, "aiopmem.Reservation.map_file()")
 
     def map_anonymous(
         self,
@@ -196,10 +198,11 @@ class Reservation(metaclass=NoPublicConstructor):
 
         Cancellation: as ``map_file``.
         """
-        call = partial(self._map_anonymous, offset, length, protection, sharing)
+        args = (offset, length, protection, sharing)
+        name = "aiopmem.Reservation.map_anonymous()"
         if populate:
-            call = partial(self._populated, call)
-        return Opening(call, "aiopmem.Reservation.map_anonymous()")
+            return Opening(self._populated, (partial(self._map_anonymous, *args),), name)
+        return Opening(self._map_anonymous, args, name)
 
     @staticmethod
     async def _populated(make: Callable[[], Awaitable[Mapping]]) -> Mapping:
@@ -225,7 +228,7 @@ class Reservation(metaclass=NoPublicConstructor):
         sharing: Sharing,
     ) -> Mapping:
         core = self._core
-        if isinstance(file, (str, bytes, os.PathLike)):
+        if type(file) is not int and isinstance(file, (str, bytes, os.PathLike)):
             m = await self._map_path(file, offset, length, file_offset, protection, sharing)
             if m is not None:
                 return m
@@ -486,7 +489,7 @@ def reserve(
     Cancellation: a caller cancelled before the call starts gets nothing; a reservation made for
     a caller cancelled meanwhile is closed again before the cancellation propagates.
     """
-    return Opening(partial(_reserve, size, address, max_size, alignment), "aiopmem.reserve()")
+    return Opening(_reserve, (size, address, max_size, alignment), "aiopmem.reserve()")
 
 
 def _unmap_core(mapping: _core.Mapping) -> None:

@@ -137,11 +137,22 @@ PyInit__core(void)
     str_flush = PyUnicode_InternFromString("flush");
     if (str_flush == NULL)
         return NULL;
+    str_call_soon = PyUnicode_InternFromString("call_soon");
+    str_context = PyUnicode_InternFromString("context");
+    if (str_call_soon == NULL || str_context == NULL)
+        return NULL;
     str_done = PyUnicode_InternFromString("done");
     str_set_result = PyUnicode_InternFromString("set_result");
     if (str_done == NULL || str_set_result == NULL)
         return NULL;
     exec_init();
+    {
+        /* AIOPMEM_WAIT_US: the caller's wait for a short job (op_wait), in microseconds (0:
+           none; at most 1000). */
+        const char *w = getenv("AIOPMEM_WAIT_US");
+        double us = w && *w ? atof(w) : WAIT_DEFAULT_US;
+        cw.wait = us > 0 ? (us < 1000 ? us : 1000) * 1e-6 : 0;
+    }
     ex.rescue = rescue_ports;
     ex.release = release_held;
     pthread_atfork(core_fork_prepare, core_fork_parent, core_fork_child);

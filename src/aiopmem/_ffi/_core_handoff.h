@@ -395,6 +395,12 @@ wake_waiter(PyObject *waiter, PyObject *how, PyObject *job)
 static int
 check_how(PyObject *how)
 {
+    if (PyUnicode_Check(how)) {
+        if (PyUnicode_CompareWithASCIIString(how, "job") == 0)
+            return 0;
+        PyErr_SetString(PyExc_ValueError, "port.how: the only string is \"job\"");
+        return -1;
+    }
     if ((PyTuple_Check(how) && PyTuple_GET_SIZE(how) != 2) ||
         (how != Py_None && !PyTuple_Check(how) && !PyCallable_Check(how))) {
         PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value) or callable");

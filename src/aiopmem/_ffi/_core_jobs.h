@@ -66,8 +66,14 @@ typedef struct OpObj {
     Core *core;
     MapObj *m;
     PortObj *port;
-    PyObject *waiter;
+    PyObject *waiter; /* the task's future or task; for a job awaited itself: its loop */
     PyObject *result; /* after the commit: the mapping, or an int code */
+    /* A job awaited itself (its port's `how` is "job"): the one done callback (the awaiting
+       task's wake-up), its context, and asyncio's _asyncio_future_blocking flag. */
+    PyObject *callback, *cb_context;
+    char blocking;
+    char must_yield; /* delivered by the caller's wait (op_wait): its await yields once */
+    int waited;      /* WAIT_*: the caller's thread waits for it (op_wait), under the port's mutex */
     struct OpObj *next_done;
     union {
         MapJob map;
@@ -93,6 +99,7 @@ struct PortObj {
     int efd;
     int signaled; /* the eventfd was written since the last drain */
     int held;     /* jobs are listed, their signal held back until their batch ends */
+    int self_await; /* how is "job": each job is awaited itself (asyncio), see op_iternext */
     pthread_mutex_t mu;
     OpObj *head, *tail;
     PyObject *how;
@@ -100,11 +107,26 @@ struct PortObj {
 
 static PyTypeObject OpType;
 static PyTypeObject PortType;
+static void op_commit(struct OpObj *o);
 static PyObject *str_flush;
 static int wake_waiter(PyObject *waiter, PyObject *how, PyObject *job);
 static int check_how(PyObject *how);
 
 #define OP_OF(j) ((OpObj *)((char *)(j) - offsetof(OpObj, job)))
+
+/* The caller's wait (op_wait): 0 none; WAITED: the caller's thread watches the job; FINISHED:
+   the worker found it watched, and left it to the caller (not listed, no signal). */
+enum { WAIT_NONE = 0, WAIT_WATCHED = 1, WAIT_FINISHED = 2 };
+
+/* How long the caller's thread may wait for a short job (a map, an unmap, an open) that a
+   watching worker took at once, before it parks the task as usual (see op_wait). */
+#define WAIT_DEFAULT_US 50
+#define WAIT_BACKOFF 256
+static struct {
+    double wait;          /* seconds (0: never) */
+    int skip, backoff;    /* after a wait that missed or was contended: how many to skip */
+    unsigned long long waits, hits, contended;
+} cw; /* GIL-protected: only callers on event loops (GIL held) touch it */
 
 /* A finished job its event loop has not drained after this long is committed by the rescue
    (the loop is gone, or blocked): the reservation never waits for a loop that stopped. */
@@ -154,6 +176,11 @@ op_deliver_to(OpObj *o, int may_hold)
     PortObj *p = o->port;
     int held = 0;
     pthread_mutex_lock(&p->mu);
+    if (o->waited == WAIT_WATCHED) { /* the caller takes it (op_wait): not listed */
+        __atomic_store_n(&o->waited, WAIT_FINISHED, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&p->mu);
+        return 0;
+    }
     o->next_done = NULL;
     o->finished_at = exec_now();
     if (p->tail)
@@ -175,7 +202,7 @@ op_deliver_to(OpObj *o, int may_hold)
 static int
 op_deliver(ExecJob *job)
 {
-    return op_deliver_to(OP_OF(job), 1);
+    return op_deliver_to(OP_OF(job), getenv("NOHOLD") == NULL);
 }
 
 /* The executor's release hook: send every held signal. */
@@ -192,6 +219,59 @@ release_held(void)
     pthread_mutex_unlock(&ports_mu);
 }
 
+/* Whether the caller's thread should wait for `o` (op_wait): a short kind of job, the only
+   one of its loop in flight, and a worker watching the queue (it takes the job at once, on
+   another CPU). */
+static int
+op_may_wait(OpObj *o)
+{
+    if (cw.wait <= 0 || (o->op != OP_MAP && o->op != OP_UNMAP && o->op != OP_OPEN) ||
+        o->port->inflight != 1 || !__atomic_load_n(&ex.spinning, __ATOMIC_RELAXED))
+        return 0;
+    if (cw.skip > 0) {
+        cw.skip--;
+        return 0;
+    }
+    return 1;
+}
+
+/* The caller's wait: a task that awaits op after op (one task, nothing else in flight) would
+   otherwise park on every job, and the worker's eventfd write then wakes its sleeping thread:
+   tens of microseconds of wake-up on a VM, for a syscall of a few. So, with a worker watching
+   the queue, the caller's thread (the event loop's, GIL held: no other thread of the process
+   could run Python meanwhile anyway for so short a time) watches the job for up to cw.wait.
+   Done by then: it is committed and delivered here, and its await yields once only (so that
+   other tasks still get their turn: see op_iternext). Not done: it is listed as usual, and
+   the next waits are skipped (1, 2, 4... up to WAIT_BACKOFF), as after a wait during which
+   this thread got clearly less CPU than it waited (another thread wanted it). */
+static int
+op_finished(void *o)
+{
+    return __atomic_load_n(&((OpObj *)o)->waited, __ATOMIC_ACQUIRE) == WAIT_FINISHED;
+}
+
+static void
+op_wait(OpObj *o)
+{
+    PortObj *p = o->port;
+    int contended = exec_watch(op_finished, o, cw.wait);
+    pthread_mutex_lock(&p->mu);
+    int hit = o->waited == WAIT_FINISHED;
+    o->waited = WAIT_NONE; /* not finished: the worker lists it */
+    pthread_mutex_unlock(&p->mu);
+    cw.waits++;
+    cw.hits += hit;
+    cw.contended += contended;
+    exec_backoff(hit && !contended, &cw.backoff, &cw.skip, WAIT_BACKOFF);
+    if (!hit)
+        return;
+    op_commit(o);
+    o->delivered = 1;
+    o->must_yield = 1;
+    p->inflight--;
+    Py_DECREF(o); /* the executor's (the caller holds its own) */
+}
+
 /* The executor's reference (taken here) is given back by the drain. Without any worker (none
    could be started), the job runs right here, without the GIL: it still completes. */
 static int
@@ -205,13 +285,19 @@ op_start(OpObj *o)
     p->inflight++;
     /* Deferred wake-up only when other jobs of this loop are in flight: a lone job (one
        task) gains nothing from waiting for the flush, a batch saves a wake-up per job. */
+    int wait = op_may_wait(o);
+    if (wait)
+        o->waited = WAIT_WATCHED;
     if (exec_submit(&o->job, p->schedule != NULL && p->inflight > 1, &flush) != 0) {
+        o->waited = WAIT_NONE;
         Py_BEGIN_ALLOW_THREADS
         op_run(&o->job);
         Py_END_ALLOW_THREADS
         (void)op_deliver_to(o, 0);
         return 0;
     }
+    if (wait)
+        op_wait(o);
     if (flush && !p->flush_scheduled) {
         /* The worker is woken once per event-loop iteration, by the port's flush(). */
         p->flush_scheduled = 1;
@@ -299,6 +385,9 @@ op_new(Core *c, PyObject *port, PyObject *waiter, int op)
     o->port = (PortObj *)Py_NewRef(port);
     o->waiter = Py_NewRef(waiter);
     o->result = NULL;
+    o->callback = o->cb_context = NULL;
+    o->blocking = o->must_yield = 0;
+    o->waited = WAIT_NONE;
     o->next_done = NULL;
     PyObject_GC_Track(o);
     return o;
@@ -523,6 +612,8 @@ op_traverse(OpObj *o, visitproc visit, void *arg)
 {
     Py_VISIT(o->waiter);
     Py_VISIT(o->result);
+    Py_VISIT(o->callback);
+    Py_VISIT(o->cb_context);
     Py_VISIT((PyObject *)o->m);
     Py_VISIT((PyObject *)o->core);
     Py_VISIT((PyObject *)o->port);
@@ -536,6 +627,8 @@ op_clear(OpObj *o)
        dealloc (a commit needs them, and commits happen before the executor lets go). */
     Py_CLEAR(o->waiter);
     Py_CLEAR(o->result);
+    Py_CLEAR(o->callback);
+    Py_CLEAR(o->cb_context);
     return 0;
 }
 
@@ -595,8 +688,153 @@ op_set_error(OpObj *o, PyObject *v, void *unused)
     return 0;
 }
 
+/* -- a job awaited itself (asyncio) ------------------------------------------------------
+   `await job` yields the job to the task, which takes it for a future (the protocol of
+   asyncio.Task: _asyncio_future_blocking, get_loop, add_done_callback, cancel): the task
+   registers its wake-up, which the port's drain calls at once (no future, no call_soon and no
+   Handle per job). Its cancel() refuses: a cancelled task stays suspended until the job is
+   delivered (a job is never abandoned), and the cancellation is then thrown in at the await.
+   Once delivered, the await returns the outcome. */
+
+static PyObject *
+op_await(OpObj *o)
+{
+    return Py_NewRef((PyObject *)o);
+}
+
+static PyObject *
+op_iternext(OpObj *o)
+{
+    if (!o->delivered) {
+        o->blocking = 1;
+        return Py_NewRef((PyObject *)o);
+    }
+    if (o->must_yield) { /* delivered by the caller's wait: a bare yield, as asyncio.sleep(0) */
+        o->must_yield = 0;
+        Py_RETURN_NONE;
+    }
+    PyObject *r = op_outcome(o, NULL);
+    if (r == NULL)
+        return NULL;
+    if (r == Py_None) { /* StopIteration(None): no exception object needed */
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, r);
+    Py_DECREF(r);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_get_loop(OpObj *o, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(o->waiter != NULL ? o->waiter : Py_None);
+}
+
+static PyObject *str_call_soon, *str_context;
+
+/* add_done_callback(fn, *, context=None): one callback (a later one replaces it: the task
+   that awaits the job again). Called once delivered, it is scheduled as asyncio does. */
+static PyObject *
+op_add_done_callback(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *fn = NULL, *ctx = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != 1)
+        return PyErr_Format(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
+    fn = args[0];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "context") != 0)
+            return PyErr_Format(PyExc_TypeError, "add_done_callback: unexpected keyword");
+        ctx = args[nargs + i];
+    }
+    if (o->delivered) {
+        PyObject *loop = o->waiter;
+        if (loop == NULL || loop == Py_None)
+            return PyObject_CallOneArg(fn, (PyObject *)o);
+        PyObject *call[3] = {loop, fn, (PyObject *)o};
+        PyObject *kw = ctx == Py_None ? NULL : PyTuple_Pack(1, str_context);
+        PyObject *full[4] = {loop, fn, (PyObject *)o, ctx};
+        PyObject *r = kw == NULL
+            ? PyObject_VectorcallMethod(str_call_soon, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+            : PyObject_VectorcallMethod(str_call_soon, full, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw);
+        Py_XDECREF(kw);
+        Py_XDECREF(r);
+        if (r == NULL)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_XSETREF(o->callback, Py_NewRef(fn));
+    Py_XSETREF(o->cb_context, ctx == Py_None ? NULL : Py_NewRef(ctx));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+op_remove_done_callback(OpObj *o, PyObject *fn)
+{
+    if (o->callback != NULL && (o->callback == fn || PyObject_RichCompareBool(o->callback, fn, Py_EQ) == 1)) {
+        Py_CLEAR(o->callback);
+        Py_CLEAR(o->cb_context);
+        return PyLong_FromLong(1);
+    }
+    PyErr_Clear();
+    return PyLong_FromLong(0);
+}
+
+static PyObject *
+op_cancel(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    (void)o;
+    (void)args;
+    (void)nargs;
+    (void)kwnames;
+    Py_RETURN_FALSE; /* never abandoned: the task takes the cancellation once it is delivered */
+}
+
+static PyObject *
+op_false(OpObj *o, PyObject *unused)
+{
+    (void)o;
+    (void)unused;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+op_done(OpObj *o, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(o->delivered);
+}
+
+static PyObject *
+op_none(OpObj *o, PyObject *unused)
+{
+    (void)o;
+    (void)unused;
+    Py_RETURN_NONE;
+}
+
+static PyAsyncMethods op_as_async = {
+    .am_await = (unaryfunc)op_await,
+};
+
 static PyMethodDef op_methods[] = {
     {"outcome", (PyCFunction)op_outcome, METH_NOARGS, "The committed result (once delivered)."},
+    {"get_loop", (PyCFunction)op_get_loop, METH_NOARGS, "The event loop it was begun on."},
+    {"add_done_callback", (PyCFunction)(void (*)(void))op_add_done_callback,
+     METH_FASTCALL | METH_KEYWORDS, "The awaiting task's wake-up (called by the drain)."},
+    {"remove_done_callback", (PyCFunction)op_remove_done_callback, METH_O, NULL},
+    {"cancel", (PyCFunction)(void (*)(void))op_cancel, METH_FASTCALL | METH_KEYWORDS,
+     "Refused (False): a job is never abandoned."},
+    {"cancelled", (PyCFunction)op_false, METH_NOARGS, "Always False."},
+    {"done", (PyCFunction)op_done, METH_NOARGS, "Whether it was delivered."},
+    {"result", (PyCFunction)op_none, METH_NOARGS, "None (the await returns the outcome)."},
+    {"exception", (PyCFunction)op_none, METH_NOARGS, "None."},
     {NULL},
 };
 
@@ -604,6 +842,10 @@ static PyMemberDef op_members[] = {
     {"waiter", T_OBJECT, offsetof(OpObj, waiter), 0, "the future or task that waits"},
     {"delivered", T_BOOL, offsetof(OpObj, delivered), READONLY,
      "committed and handed to its waiter"},
+    {"must_yield", T_BOOL, offsetof(OpObj, must_yield), 0,
+     "delivered by the caller's wait: the await yields once first"},
+    {"_asyncio_future_blocking", T_BOOL, offsetof(OpObj, blocking), 0,
+     "asyncio's flag: set while a task is to wait for it"},
     {NULL},
 };
 
@@ -623,6 +865,9 @@ static PyTypeObject OpType = {
     .tp_traverse = (traverseproc)op_traverse,
     .tp_clear = (inquiry)op_clear,
     .tp_dealloc = (destructor)op_dealloc,
+    .tp_as_async = &op_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)op_iternext,
     .tp_methods = op_methods,
     .tp_members = op_members,
     .tp_getset = op_getset,
@@ -657,6 +902,7 @@ port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     p->how = Py_NewRef(how);
+    p->self_await = PyUnicode_Check(how);
     pthread_mutex_lock(&ports_mu);
     p->next_port = all_ports;
     if (all_ports)
@@ -712,13 +958,35 @@ port_drain(PortObj *p, PyObject *unused)
         next = o->next_done;
         o->next_done = NULL;
         o->delivered = 1;
-        if (o->waiter != NULL && wake_waiter(o->waiter, p->how, (PyObject *)o) < 0) {
+        p->inflight--; /* first: the task woken below may begin its next job at once */
+        int rc = 0;
+        if (p->self_await) {
+            /* The awaiting task's wake-up, called here: the drain runs as a callback of the
+               loop, outside any task, as a Handle of call_soon would. */
+            PyObject *cb = o->callback, *ctx = o->cb_context;
+            o->callback = o->cb_context = NULL;
+            if (cb != NULL) {
+                if (ctx != NULL && PyContext_Enter(ctx) < 0)
+                    rc = -1;
+                else {
+                    PyObject *r = PyObject_CallOneArg(cb, (PyObject *)o);
+                    rc = r == NULL ? -1 : 0;
+                    Py_XDECREF(r);
+                    if (ctx != NULL && PyContext_Exit(ctx) < 0 && rc == 0)
+                        rc = -1;
+                }
+            }
+            Py_XDECREF(cb);
+            Py_XDECREF(ctx);
+        }
+        else if (o->waiter != NULL)
+            rc = wake_waiter(o->waiter, p->how, (PyObject *)o);
+        if (rc < 0) {
             if (type == NULL)
                 PyErr_Fetch(&type, &value, &tb);
             else
                 PyErr_WriteUnraisable((PyObject *)p);
         }
-        p->inflight--;
         Py_DECREF(o); /* the executor's */
     }
     if (type != NULL) {
@@ -918,23 +1186,30 @@ executor_stats(PyObject *module, PyObject *unused)
     double spin = ex.spin;
     double idle_exit = ex.idle_exit;
     pthread_mutex_unlock(&ex.mu);
-    return Py_BuildValue("{slslslslslslsdsdsKsKsKsKsKsKsK}", "threads", threads, "idle", idle,
-                         "running", running, "spare", spare, "queued", queued, "max_workers",
-                         max_workers, "idle_exit", idle_exit, "spin", spin, "started", started,
-                         "retired", retired, "ran", ran, "rescued", rescued, "spins", spins,
-                         "spin_hits", spin_hits, "spin_contended", spin_contended);
+    return Py_BuildValue("{slslslslslslsdsdsKsKsKsKsKsKsKsdsKsKsK}", "threads", threads, "idle",
+                         idle, "running", running, "spare", spare, "queued", queued,
+                         "max_workers", max_workers, "idle_exit", idle_exit, "spin", spin,
+                         "started", started, "retired", retired, "ran", ran, "rescued", rescued,
+                         "spins", spins, "spin_hits", spin_hits, "spin_contended",
+                         spin_contended, "wait", cw.wait, "waits", cw.waits, "wait_hits",
+                         cw.hits, "wait_contended", cw.contended);
 }
 
-/* executor_configure(max_workers, idle_exit, spin=None): None leaves a setting as it is. */
+/* executor_configure(max_workers, idle_exit, spin=None, wait=None): None leaves a setting as
+   it is. */
 static PyObject *
 executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2 && nargs != 3)
-        return PyErr_Format(PyExc_TypeError, "executor_configure(max_workers, idle_exit, spin=None)");
+    if (nargs < 2 || nargs > 4)
+        return PyErr_Format(PyExc_TypeError,
+                            "executor_configure(max_workers, idle_exit, spin=None, wait=None)");
     long n = -1;
-    double t = -1, sp = -1;
-    PyObject *spin = nargs == 3 ? args[2] : Py_None;
+    double t = -1, sp = -1, w = -1;
+    PyObject *spin = nargs >= 3 ? args[2] : Py_None;
+    PyObject *wait = nargs == 4 ? args[3] : Py_None;
+    if (wait != Py_None && ((w = PyFloat_AsDouble(wait)) == -1 && PyErr_Occurred()))
+        return NULL;
     if (args[0] != Py_None && ((n = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()))
         return NULL;
     if (args[1] != Py_None && ((t = PyFloat_AsDouble(args[1])) == -1 && PyErr_Occurred()))
@@ -943,10 +1218,15 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if ((args[0] != Py_None && (n < 1 || n > 1024)) ||
         (args[1] != Py_None && !(t > 0 && t <= 86400)) ||
-        (spin != Py_None && !(sp >= 0 && sp <= 0.01))) {
-        PyErr_SetString(PyExc_ValueError,
-                        "max_workers: 1..1024, idle_exit: (0, 86400], spin: [0, 0.01]");
+        (spin != Py_None && !(sp >= 0 && sp <= 0.01)) ||
+        (wait != Py_None && !(w >= 0 && w <= 0.001))) {
+        PyErr_SetString(PyExc_ValueError, "max_workers: 1..1024, idle_exit: (0, 86400], spin: "
+                                          "[0, 0.01], wait: [0, 0.001]");
         return NULL;
+    }
+    if (wait != Py_None) { /* GIL held: cw is the callers' */
+        cw.wait = w;
+        cw.skip = cw.backoff = 0;
     }
     pthread_mutex_lock(&ex.mu);
     if (n > 0)

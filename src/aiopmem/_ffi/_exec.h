@@ -325,15 +325,15 @@ exec_wait(pthread_cond_t *cv, int *count, double until)
     return r;
 }
 
-/* Watch the queue for up to ex.spin seconds (ex.mu not held), yielding the CPU now and then
-   (the event loop's thread may be waiting for it). 1 if this thread got clearly less CPU than
-   the time it watched: others wanted the CPU. */
+/* Busy-wait up to `seconds` until ready(arg), yielding the CPU every EXEC_SPIN_YIELD (another
+   thread, the event loop's or a worker, may be waiting for it). 1 if this thread got clearly
+   less CPU than the time it watched: others wanted the CPU. */
 static int
-exec_spin(void)
+exec_watch(int (*ready)(void *), void *arg, double seconds)
 {
     double now = exec_now(), start = now, cpu = exec_clock(CLOCK_THREAD_CPUTIME_ID);
-    double until = now + ex.spin, yield_at = now + EXEC_SPIN_YIELD;
-    while (__atomic_load_n(&ex.head, __ATOMIC_RELAXED) == NULL && (now = exec_now()) < until) {
+    double until = now + seconds, yield_at = now + EXEC_SPIN_YIELD;
+    while (!ready(arg) && (now = exec_now()) < until) {
         if (now >= yield_at) {
             sched_yield();
             yield_at = now + EXEC_SPIN_YIELD;
@@ -342,6 +342,35 @@ exec_spin(void)
             exec_relax();
     }
     return exec_clock(CLOCK_THREAD_CPUTIME_ID) - cpu < 0.8 * (exec_now() - start);
+}
+
+/* After a watch: `ok` resets the backoff; otherwise the next ones are skipped, 1, 2, 4...
+   up to `most` at a time. */
+static void
+exec_backoff(int ok, int *backoff, int *skip, int most)
+{
+    if (ok) {
+        *backoff = *skip = 0;
+        return;
+    }
+    *backoff = *backoff ? 2 * *backoff : 1;
+    if (*backoff > most)
+        *backoff = most;
+    *skip = *backoff;
+}
+
+static int
+exec_queue_ready(void *unused)
+{
+    (void)unused;
+    return __atomic_load_n(&ex.head, __ATOMIC_RELAXED) != NULL;
+}
+
+/* Watch the queue for up to ex.spin seconds (ex.mu not held): exec_watch's verdict. */
+static int
+exec_spin(void)
+{
+    return exec_watch(exec_queue_ready, NULL, ex.spin);
 }
 
 /* Wait for a job this worker should run (ex.mu held); NULL: retire. */
@@ -403,14 +432,7 @@ exec_take(void)
                watch yielded to the loop's thread, which had waited for this CPU. Measured
                with a CPU hog, a task awaiting op after op lost 12-22% of its rate when only
                misses backed off, 0-13% when contention does. */
-            if (!contended)
-                ex.spin_backoff = ex.spin_skip = 0;
-            else {
-                ex.spin_backoff = ex.spin_backoff ? 2 * ex.spin_backoff : 1;
-                if (ex.spin_backoff > EXEC_SPIN_BACKOFF)
-                    ex.spin_backoff = EXEC_SPIN_BACKOFF;
-                ex.spin_skip = ex.spin_backoff;
-            }
+            exec_backoff(!contended, &ex.spin_backoff, &ex.spin_skip, EXEC_SPIN_BACKOFF);
         }
         else {
             double now = exec_now();
