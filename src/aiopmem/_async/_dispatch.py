@@ -31,7 +31,7 @@ from anyio.lowlevel import checkpoint_if_cancelled as _anyio_checkpoint_if_cance
 
 from .._core._gate import Abandoned, Ticket
 from .._core._mapping import mem_outcome
-from .._ffi import C_WOULD_BLOCK
+from .._ffi import C_WOULD_BLOCK, aio_begin, aio_cancel_due, aio_configure
 from .._ffi import Job as _Job
 from .._ffi import Port as JobPort
 from ._workers import Job, Port, submit
@@ -78,12 +78,13 @@ def _asyncio_current_task() -> Callable[[asyncio.AbstractEventLoop], asyncio.Tas
 current_task = _asyncio_current_task()
 
 
-def _asyncio_cancel_due() -> Callable[[asyncio.Task[Any] | None], bool]:
-    """A plain function that tells whether ``checkpoint_if_cancelled()`` would raise in the
-    asyncio ``task``: anyio's own walk (the innermost scope outwards, up to a shield) without
-    making and awaiting a coroutine. The async API asks it before and after every job, and
-    calls the real checkpoint only when it says yes. Where anyio's layout is not the one known
-    here, it always says yes (the real checkpoint then decides, as before)."""
+def _anyio_task_states() -> dict[Any, Any] | None:
+    """anyio's task states on asyncio (a weak dictionary's data, keyed by weak references to
+    the tasks), where a task's innermost cancel scope is found, or None where anyio's layout is
+    not the one known here. With them, the C prologue (``aio_begin``) and ``cancel_due`` tell
+    whether ``checkpoint_if_cancelled()`` would raise in a task by anyio's own walk (the
+    innermost scope outwards, up to a shield) without making and awaiting a coroutine; without,
+    they always say yes (the real checkpoint then decides)."""
     try:
         from anyio._backends._asyncio import CancelScope, _task_states
 
@@ -96,30 +97,13 @@ def _asyncio_cancel_due() -> Callable[[asyncio.Task[Any] | None], bool]:
         ):
             raise LookupError
     except Exception:  # another anyio
-        return lambda task: True
-    states = _task_states.data  # type: ignore[attr-defined]
-    ref = weakref.ref
-
-    def due(task: asyncio.Task[Any] | None) -> bool:
-        if task is None:
-            return False
-        state = states.get(ref(task))
-        if state is None:
-            return False
-        scope = state.cancel_scope
-        while scope is not None:
-            if scope._cancel_called:
-                return True
-            if scope._shield:
-                return False
-            scope = scope._parent_scope
-        return False
-
-    return due
+        return None
+    data: dict[Any, Any] = _task_states.data  # type: ignore[attr-defined]
+    return data
 
 
-#: Whether the asyncio task would be cancelled at a checkpoint now (see above).
-cancel_due = _asyncio_cancel_due()
+#: Whether the asyncio task would be cancelled at a checkpoint now (see above; a C function).
+cancel_due: Callable[[asyncio.Task[Any] | None], bool] = aio_cancel_due
 _modules = sys.modules
 _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
     weakref.WeakKeyDictionary()
@@ -350,27 +334,20 @@ _asyncio_job_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JobPort
 ports: weakref.WeakSet[JobPort] = weakref.WeakSet()
 
 
-def _dead() -> None:
-    return None
-
-
-#: The port of the loop that used one last, both weakly: (the loop, its port). The lookup in
-#: the weak dictionary makes a reference and calls Python code on every operation.
-_last_asyncio_job_port: tuple[Callable[[], object], Callable[[], JobPort | None]] = (_dead, _dead)
-
-
 def _asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
     """The loop's port, made on first use. It reaches the loop only weakly (the loop holds
-    it, through its reader): a loop that is gone takes its port and eventfd with it."""
-    global _last_asyncio_job_port
+    it, through its reader): a loop that is gone takes its port and eventfd with it. The C
+    prologue keeps the last one used, weakly."""
     port = _asyncio_job_ports.get(loop)
     if port is None:
         port = JobPort("job", _weakly(loop, "call_soon"))
         ports.add(port)
         loop.add_reader(port.fileno(), port.drain)
         _asyncio_job_ports[loop] = port
-    _last_asyncio_job_port = (weakref.ref(loop), weakref.ref(port))
     return port
+
+
+aio_configure(_get_running_loop, current_task, _anyio_task_states(), _asyncio_job_port)
 
 
 async def _cancelled_job(
@@ -509,70 +486,69 @@ async def run_job(
     ``check`` still runs (an error of the job wins), its value is given to ``undo`` and the
     cancellation propagates.
     """
-    loop = _get_running_loop()
-    # An asyncio task, or else (rare: no asyncio task runs) a check for a trio guest run.
-    if loop is not None and ((task := current_task(loop)) is not None or not _trio_guest()):
-        if not always and cancel_due(task):
+    # On asyncio, one C call: the loop, the task, the check for a due cancellation, the port,
+    # the begin. None: not an asyncio task, or a cancellation due: decided below.
+    job = aio_begin(begin, args, always)
+    if job is None:
+        loop = _get_running_loop()
+        if loop is None or (current_task(loop) is None and _trio_guest()):  # trio
+            var = _trio_port_var
+            if var is None:
+                var = _trio_setup()
+            lowlevel = _trio_lowlevel
+            task = lowlevel.current_task()
+            due = _trio_cancel_due
+            if not always and due(task):
+                await lowlevel.checkpoint_if_cancelled()
+            port = var.get(None)
+            if port is None:
+                port = _trio_job_port()
+            job = begin(port, task, *args)
+            if type(job) is not _Job:
+                if job != C_WOULD_BLOCK:
+                    await lowlevel.checkpoint()
+                return job
+            # _await_trio, inline, for a job without a ticket (it never waits at the gate).
+            if job.delivered:  # by the caller's wait (see op_wait): still a schedule point
+                await lowlevel.cancel_shielded_checkpoint()
+            else:
+                await lowlevel.wait_task_rescheduled(_abort_failed)
+            result = check(job.outcome())
+            if due(task):
+                try:
+                    await lowlevel.checkpoint_if_cancelled()
+                except BaseException:
+                    if undo is not None:
+                        await _undo_trio(undo, result)
+                    raise
+            return result
+        if not always and cancel_due(current_task(loop)):
             await checkpoint_if_cancelled()
-        last = _last_asyncio_job_port
-        port = last[1]() if last[0]() is loop else None
-        if port is None:
-            port = _asyncio_job_port(loop)
-        job = begin(port, loop, *args)
-        if type(job) is not _Job:
-            if job != C_WOULD_BLOCK:
-                await anyio.lowlevel.checkpoint()
-            return job
-        # The job is awaited itself (see Port "job"): the port's drain wakes the task, and
-        # the await returns the committed result. A cancellation is taken only once the job
-        # is delivered (it is thrown in at the await).
-        try:
-            result = await job
-        except asyncio.CancelledError:
-            await _cancelled_job(loop, job, undo, check)
-            raise
-        result = check(result)
-        # A cancellation due while the job ran but not delivered yet (the result may reach
-        # the task first: the order of the loop's callbacks decides, and uvloop's differs from
-        # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
-        # cancellation propagates.
-        if cancel_due(task):
-            try:
-                await checkpoint_if_cancelled()
-            except asyncio.CancelledError:
-                if undo is not None:
-                    with anyio.CancelScope(shield=True):
-                        await _undo_asyncio(loop, undo, result)
-                raise
-        return result
-    var = _trio_port_var
-    if var is None:
-        var = _trio_setup()
-    lowlevel = _trio_lowlevel
-    task = lowlevel.current_task()
-    due = _trio_cancel_due
-    if not always and due(task):
-        await lowlevel.checkpoint_if_cancelled()
-    port = var.get(None)
-    if port is None:
-        port = _trio_job_port()
-    job = begin(port, task, *args)
+        job = begin(_asyncio_job_port(loop), loop, *args)
     if type(job) is not _Job:
         if job != C_WOULD_BLOCK:
-            await lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
         return job
-    # _await_trio, inline, for a job that has no ticket (a C job never waits at the gate).
-    if job.delivered:  # by the caller's wait (a short job, a watching worker): a schedule point
-        await lowlevel.cancel_shielded_checkpoint()
-    else:
-        await lowlevel.wait_task_rescheduled(_abort_failed)
-    result = check(job.outcome())
-    if due(task):
+    # The job is awaited itself (see Port "job"): the port's drain wakes the task, and the
+    # await returns the committed result. A cancellation is taken only once the job is
+    # delivered (it is thrown in at the await).
+    try:
+        result = await job
+    except asyncio.CancelledError:
+        await _cancelled_job(job.waiter, job, undo, check)
+        raise
+    result = check(result)
+    # A cancellation due while the job ran but not delivered yet (the result may reach the
+    # task first: the order of the loop's callbacks decides, and uvloop's differs from
+    # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
+    # cancellation propagates.
+    if cancel_due(job.task):
         try:
-            await lowlevel.checkpoint_if_cancelled()
-        except BaseException:
+            await checkpoint_if_cancelled()
+        except asyncio.CancelledError:
             if undo is not None:
-                await _undo_trio(undo, result)
+                with anyio.CancelScope(shield=True):
+                    await _undo_asyncio(job.waiter, undo, result)
             raise
     return result
 

@@ -234,10 +234,12 @@ class Reservation(metaclass=NoPublicConstructor):
                 return m
         else:
             plan = core._fd_plan(file, offset, length, file_offset, protection, sharing)
-            if plan is not None:
-                m = await self._map_job(plan, True)
-                if m is not None:
-                    return m
+            if plan is not None:  # _map_job(plan, True), inline: the path of every fd map
+                args, check = self._map_call(plan, True, None)
+                r = await run_job(core._map_job, args, check, undo=_unmap_facade)
+                if type(r) is Mapping:
+                    return r
+                self._map_begin_refused(r, plan, True)
         # The blocking path: a path to open, an argument to coerce, an error to report in
         # the contract's order, or a reservation whose gate would make the map wait.
         call = partial(
@@ -257,9 +259,11 @@ class Reservation(metaclass=NoPublicConstructor):
     ) -> Mapping:
         core = self._core
         plan = core._anon_plan(offset, length, protection, sharing)
-        m = await self._map_job(plan, False)
-        if m is not None:
-            return m
+        args, check = self._map_call(plan, False, None)  # _map_job(plan, False), inline
+        r = await run_job(core._map_job, args, check, undo=_unmap_facade)
+        if type(r) is Mapping:
+            return r
+        self._map_begin_refused(r, plan, False)
         call = partial(core.map_anonymous, offset, length, protection=protection, sharing=sharing)
         mapped: _core.Mapping = await run_blocking(call, undo=_unmap_core)
         return self._wrap(mapped)  # type: ignore[return-value]
@@ -313,24 +317,43 @@ class Reservation(metaclass=NoPublicConstructor):
         must take over (the gate would wait; with ``check_fd``, any refusal of the begin but
         a closed reservation: the blocking path then reports the descriptor's errors first).
         A mapping made for a caller cancelled meanwhile is unmapped again (undo)."""
+        args, check = self._map_call(plan, check_fd, owned)
+        r = await run_job(self._core._map_job, args, check, undo=_unmap_facade)
+        if type(r) is Mapping:
+            return r
+        self._map_begin_refused(r, plan, check_fd)
+        return None
+
+    def _map_call(
+        self, plan: MapPlan, check_fd: bool, owned: OwnedFd | None
+    ) -> tuple[tuple[Any, ...], Callable[[Any], Mapping]]:
+        """What ``run_job`` takes for the map of ``plan``: the begin's arguments, and the check
+        that turns the job's result into the caller's (the async mapping, or the error)."""
         core = self._core
         offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label = plan
         off, c_n = c_offset_length(offset, n)
 
-        def check(r: Any) -> _core.Mapping:
+        def check(r: Any) -> Mapping:
             if type(r) is tuple:  # (C_FILE, the descriptor check's result)
                 raise file_refusal(r[1], fd, file_offset, n)
             if type(r) is int:
                 raise core._map_refusal(r, offset, n, bits, kind)
-            return r  # type: ignore[no-any-return]
+            facade = r._facade
+            return Mapping._facade_of(r, self) if facade is None else facade
 
-        args = (_MAPPING, off, c_n, bits, kind, fd, file_offset, dev, protection, sharing, label)
-        r = await run_job(core._map_job, (*args, check_fd, owned), check, undo=_unmap_core)
-        if type(r) is not int:
-            return self._wrap(r)
+        args = (
+            _MAPPING, off, c_n, bits, kind, fd, file_offset, dev, protection, sharing, label,
+            check_fd, owned,
+        )  # fmt: skip
+        return args, check
+
+    def _map_begin_refused(self, r: int, plan: MapPlan, check_fd: bool) -> None:
+        """A map whose begin refused with code ``r`` (nothing began): returns when the blocking
+        path is to take over, else raises the error."""
         if r == C_WOULD_BLOCK or (check_fd and r != _C_CLOSED):
-            return None
-        raise core._map_refusal(r, offset, n, bits, kind)
+            return
+        offset, n, _, _, bits, kind = plan[:6]
+        raise self._core._map_refusal(r, offset, n, bits, kind)
 
     # -- memory operations over a range (see aiopmem.sync.Reservation for the rules) ----------
 
@@ -494,6 +517,10 @@ def reserve(
 
 def _unmap_core(mapping: _core.Mapping) -> None:
     mapping.unmap()
+
+
+def _unmap_facade(mapping: Mapping) -> None:
+    mapping._core.unmap()
 
 
 def _close_owned(opened: tuple[OwnedFd, int, int]) -> None:

@@ -71,6 +71,7 @@ typedef struct OpObj {
     /* A job awaited itself (its port's `how` is "job"): the one done callback (the awaiting
        task's wake-up), its context, and asyncio's _asyncio_future_blocking flag. */
     PyObject *callback, *cb_context;
+    PyObject *task; /* begun by aio_begin: the asyncio task it was begun for */
     char blocking;
     char must_yield; /* delivered by the caller's wait (op_wait): its await yields once */
     int waited;      /* WAIT_*: the caller's thread waits for it (op_wait), under the port's mutex */
@@ -385,7 +386,7 @@ op_new(Core *c, PyObject *port, PyObject *waiter, int op)
     o->port = (PortObj *)Py_NewRef(port);
     o->waiter = Py_NewRef(waiter);
     o->result = NULL;
-    o->callback = o->cb_context = NULL;
+    o->callback = o->cb_context = o->task = NULL;
     o->blocking = o->must_yield = 0;
     o->waited = WAIT_NONE;
     o->next_done = NULL;
@@ -614,6 +615,7 @@ op_traverse(OpObj *o, visitproc visit, void *arg)
     Py_VISIT(o->result);
     Py_VISIT(o->callback);
     Py_VISIT(o->cb_context);
+    Py_VISIT(o->task);
     Py_VISIT((PyObject *)o->m);
     Py_VISIT((PyObject *)o->core);
     Py_VISIT((PyObject *)o->port);
@@ -629,6 +631,7 @@ op_clear(OpObj *o)
     Py_CLEAR(o->result);
     Py_CLEAR(o->callback);
     Py_CLEAR(o->cb_context);
+    Py_CLEAR(o->task);
     return 0;
 }
 
@@ -842,6 +845,8 @@ static PyMemberDef op_members[] = {
     {"waiter", T_OBJECT, offsetof(OpObj, waiter), 0, "the future or task that waits"},
     {"delivered", T_BOOL, offsetof(OpObj, delivered), READONLY,
      "committed and handed to its waiter"},
+    {"task", T_OBJECT, offsetof(OpObj, task), READONLY,
+     "the asyncio task aio_begin began it for (else None)"},
     {"must_yield", T_BOOL, offsetof(OpObj, must_yield), 0,
      "delivered by the caller's wait: the await yields once first"},
     {"_asyncio_future_blocking", T_BOOL, offsetof(OpObj, blocking), 0,
@@ -1242,4 +1247,175 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     pthread_cond_broadcast(&ex.spare_cv);
     pthread_mutex_unlock(&ex.mu);
     Py_RETURN_NONE;
+}
+
+/* -- the asyncio prologue of a job ------------------------------------------------------------
+   What the async API does on asyncio before every job, as one C call (as Python it was about
+   a quarter of the loop's work per operation): find the running loop and task, ask whether a
+   cancellation is due (anyio's walk over the task's cancel scopes: the innermost scope out, up
+   to a shield), find the loop's port, and begin. Set up once by aio_configure() from Python,
+   which passes asyncio's and anyio's objects; with anyio's task states unknown (None), every
+   call that is not `always` leaves the decision to the Python path. */
+
+static struct {
+    PyObject *get_loop, *current_task, *states, *make_port; /* strong */
+    PyObject *loop_ref, *port_ref;                          /* the last loop and its port, weakly */
+} aio;
+static PyObject *str_cancel_scope, *str_cancel_called, *str_shield, *str_parent_scope;
+
+/* aio_configure(get_running_loop, current_task, states or None, make_port) */
+static PyObject *
+aio_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        (args[2] != Py_None && !PyDict_Check(args[2])) || !PyCallable_Check(args[3]))
+        return PyErr_Format(PyExc_TypeError,
+                            "aio_configure(get_running_loop, current_task, states, make_port)");
+    if (str_cancel_scope == NULL) {
+        str_cancel_scope = PyUnicode_InternFromString("cancel_scope");
+        str_cancel_called = PyUnicode_InternFromString("_cancel_called");
+        str_shield = PyUnicode_InternFromString("_shield");
+        str_parent_scope = PyUnicode_InternFromString("_parent_scope");
+        if (!str_cancel_scope || !str_cancel_called || !str_shield || !str_parent_scope)
+            return NULL;
+    }
+    Py_XSETREF(aio.get_loop, Py_NewRef(args[0]));
+    Py_XSETREF(aio.current_task, Py_NewRef(args[1]));
+    Py_XSETREF(aio.states, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
+    Py_XSETREF(aio.make_port, Py_NewRef(args[3]));
+    Py_CLEAR(aio.loop_ref);
+    Py_CLEAR(aio.port_ref);
+    Py_RETURN_NONE;
+}
+
+/* 1 if a checkpoint would raise in `task` now (anyio's walk), 0 if not, -1 on error. Without
+   anyio's task states: 1. */
+static int
+aio_due(PyObject *task)
+{
+    if (aio.states == NULL)
+        return 1;
+    if (task == Py_None)
+        return 0;
+    PyObject *ref = PyWeakref_NewRef(task, NULL);
+    if (ref == NULL)
+        return -1;
+    PyObject *state = PyDict_GetItemWithError(aio.states, ref); /* borrowed */
+    Py_DECREF(ref);
+    if (state == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(state);
+    PyObject *scope = PyObject_GetAttr(state, str_cancel_scope);
+    Py_DECREF(state);
+    int due = 0;
+    while (scope != NULL && scope != Py_None) {
+        PyObject *v = PyObject_GetAttr(scope, str_cancel_called);
+        int t = v == NULL ? -1 : PyObject_IsTrue(v);
+        Py_XDECREF(v);
+        if (t != 0) {
+            due = t;
+            break;
+        }
+        v = PyObject_GetAttr(scope, str_shield);
+        t = v == NULL ? -1 : PyObject_IsTrue(v);
+        Py_XDECREF(v);
+        if (t != 0) {
+            due = t < 0 ? -1 : 0;
+            break;
+        }
+        PyObject *parent = PyObject_GetAttr(scope, str_parent_scope);
+        Py_DECREF(scope);
+        scope = parent;
+    }
+    if (scope == NULL)
+        return -1;
+    Py_DECREF(scope);
+    return due;
+}
+
+/* aio_cancel_due(task) -> bool */
+static PyObject *
+aio_cancel_due(PyObject *module, PyObject *task)
+{
+    (void)module;
+    int due = aio_due(task);
+    return due < 0 ? NULL : PyBool_FromLong(due);
+}
+
+/* The port of `loop` (new reference): the last one used, or make_port(loop). */
+static PyObject *
+aio_port(PyObject *loop)
+{
+    if (aio.loop_ref != NULL && PyWeakref_GET_OBJECT(aio.loop_ref) == loop) {
+        PyObject *port = PyWeakref_GET_OBJECT(aio.port_ref);
+        if (port != Py_None)
+            return Py_NewRef(port);
+    }
+    PyObject *port = PyObject_CallOneArg(aio.make_port, loop);
+    if (port == NULL)
+        return NULL;
+    PyObject *lr = PyWeakref_NewRef(loop, NULL), *pr = lr ? PyWeakref_NewRef(port, NULL) : NULL;
+    if (pr == NULL) {
+        Py_XDECREF(lr);
+        PyErr_Clear(); /* not cached: found again next time */
+        return port;
+    }
+    Py_XSETREF(aio.loop_ref, lr);
+    Py_XSETREF(aio.port_ref, pr);
+    return port;
+}
+
+/* aio_begin(begin, args, always) -> the job begun (its .task set), what begin returned instead
+   of a job (a code: nothing began), or None: the Python path decides (no running asyncio task,
+   a cancellation due, anyio's task states unknown). */
+static PyObject *
+aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3 || !PyTuple_Check(args[1]) || aio.get_loop == NULL)
+        return PyErr_Format(PyExc_TypeError, "aio_begin(begin, args, always) after aio_configure");
+    int always = PyObject_IsTrue(args[2]);
+    if (always < 0)
+        return NULL;
+    PyObject *loop = PyObject_CallNoArgs(aio.get_loop);
+    if (loop == NULL || loop == Py_None)
+        return loop;
+    PyObject *task = PyObject_CallOneArg(aio.current_task, loop);
+    if (task == NULL || task == Py_None) {
+        Py_DECREF(loop);
+        return task;
+    }
+    int due = always ? 0 : aio_due(task);
+    PyObject *port = due == 0 ? aio_port(loop) : NULL;
+    if (port == NULL) {
+        Py_DECREF(task);
+        Py_DECREF(loop);
+        if (due < 0 || PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* due: the Python path takes the checkpoint */
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
+    PyObject *small[18], **stack = small;
+    if (n + 3 > 18 && (stack = PyMem_Malloc((n + 3) * sizeof(PyObject *))) == NULL) {
+        Py_DECREF(port);
+        Py_DECREF(task);
+        Py_DECREF(loop);
+        return PyErr_NoMemory();
+    }
+    stack[1] = port;
+    stack[2] = loop;
+    for (Py_ssize_t i = 0; i < n; i++)
+        stack[3 + i] = PyTuple_GET_ITEM(args[1], i);
+    PyObject *job = PyObject_Vectorcall(args[0], stack + 1, (n + 2) | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                        NULL);
+    if (stack != small)
+        PyMem_Free(stack);
+    Py_DECREF(port);
+    Py_DECREF(loop);
+    if (job != NULL && Py_IS_TYPE(job, &OpType))
+        Py_XSETREF(((OpObj *)job)->task, task);
+    else
+        Py_DECREF(task);
+    return job;
 }
