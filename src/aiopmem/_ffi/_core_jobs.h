@@ -101,6 +101,7 @@ struct PortObj {
     int signaled; /* the eventfd was written since the last drain */
     int held;     /* jobs are listed, their signal held back until their batch ends */
     int self_await; /* how is "job": each job is awaited itself (asyncio), see op_iternext */
+    long last_batch; /* jobs the last drain delivered (GIL): more than one, several tasks wait */
     pthread_mutex_t mu;
     OpObj *head, *tail;
     PyObject *how;
@@ -221,13 +222,15 @@ release_held(void)
 }
 
 /* Whether the caller's thread should wait for `o` (op_wait): a short kind of job, the only
-   one of its loop in flight, and a worker watching the queue (it takes the job at once, on
-   another CPU). */
+   one of its loop in flight, its loop's last drain not a batch (then other tasks are about to
+   begin theirs: the loop has work, and waiting would only serialize it with the worker), and
+   a worker watching the queue (it takes the job at once, on another CPU). */
 static int
 op_may_wait(OpObj *o)
 {
+    PortObj *p = o->port;
     if (cw.wait <= 0 || (o->op != OP_MAP && o->op != OP_UNMAP && o->op != OP_OPEN) ||
-        o->port->inflight != 1 || !__atomic_load_n(&ex.spinning, __ATOMIC_RELAXED))
+        p->inflight != 1 || p->last_batch > 1 || !__atomic_load_n(&ex.spinning, __ATOMIC_RELAXED))
         return 0;
     if (cw.skip > 0) {
         cw.skip--;
@@ -243,8 +246,8 @@ op_may_wait(OpObj *o)
    could run Python meanwhile anyway for so short a time) watches the job for up to cw.wait.
    Done by then: it is committed and delivered here, and its await yields once only (so that
    other tasks still get their turn: see op_iternext). Not done: it is listed as usual, and
-   the next waits are skipped (1, 2, 4... up to WAIT_BACKOFF), as after a wait during which
-   this thread got clearly less CPU than it waited (another thread wanted it). */
+   the next waits are skipped (1, 2, 4... up to WAIT_BACKOFF). Waits during which this
+   thread got clearly less CPU than it waited are counted (contended). */
 static int
 op_finished(void *o)
 {
@@ -263,7 +266,11 @@ op_wait(OpObj *o)
     cw.waits++;
     cw.hits += hit;
     cw.contended += contended;
-    exec_backoff(hit && !contended, &cw.backoff, &cw.skip, WAIT_BACKOFF);
+    /* Only a miss backs off: a hit was worth it even on a shared CPU (the job was done by
+       then, without the loop's thread going to sleep and being woken). Backing off on
+       contended hits as well lost a third of the waits (and half the one-task rate) in a
+       process whose other workers' timed wake-ups take the CPU for a moment now and then. */
+    exec_backoff(hit, &cw.backoff, &cw.skip, WAIT_BACKOFF);
     if (!hit)
         return;
     op_commit(o);
@@ -956,7 +963,8 @@ port_drain(PortObj *p, PyObject *unused)
     p->head = p->tail = NULL;
     p->signaled = p->held = 0;
     pthread_mutex_unlock(&p->mu);
-    for (OpObj *o = list; o; o = o->next_done)
+    p->last_batch = 0;
+    for (OpObj *o = list; o; o = o->next_done, p->last_batch++)
         op_commit(o);
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     for (OpObj *o = list, *next; o; o = next) {
