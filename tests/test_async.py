@@ -23,6 +23,7 @@ import pytest
 import aiopmem
 import aiopmem.sync
 import kernel
+from aiopmem import _ffi
 from aiopmem._async import _dispatch
 from aiopmem._async import _reservation as async_reservation_module
 from aiopmem.testing import inject
@@ -288,8 +289,18 @@ async def _prepared(rsv: aiopmem.Reservation, path: Path) -> aiopmem.Mapping:
     return await rsv.map_file(path, 4 * MiB, length=MiB)
 
 
+async def _map_fd(rsv: aiopmem.Reservation, path: Path) -> aiopmem.Mapping:
+    """map_file of a plain descriptor (the async map's C path), closed again after."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return await rsv.map_file(fd, 0, length=MiB)
+    finally:
+        os.close(fd)
+
+
 OPS: dict[str, tuple[str, Op]] = {
     "map_file": ("mmap", lambda rsv, p: rsv.map_file(p, 0, length=MiB)),
+    "map_file_fd": ("mmap", _map_fd),
     "map_file_path_open": ("open", lambda rsv, p: rsv.map_file(str(p), 0, length=MiB)),
     "map_anonymous": ("mmap", lambda rsv, p: rsv.map_anonymous(0, MiB)),
     "extend": ("mmap", lambda rsv, p: rsv.extend(rsv.max_size - rsv.size + A)),
@@ -303,7 +314,7 @@ OPS: dict[str, tuple[str, Op]] = {
 def _outcomes(name: str, before: Any, rsv: aiopmem.Reservation) -> tuple[Any, Any]:
     """The two allowed states after a cancelled `name`: not happened, or happened entirely."""
     addr, size, max_size, maps = before
-    if name in ("map_file", "map_file_path_open", "map_anonymous"):
+    if name in ("map_file", "map_file_fd", "map_file_path_open", "map_anonymous"):
         return before, (addr, size, max_size, sorted([(0, MiB), *maps]))
     if name == "extend":
         grown = size + max_size - size + A
@@ -392,9 +403,21 @@ async def _run_cancelled(
 
             return await real_job(begun, args, *rest, **kwargs)
 
+        def c_then_cancel(real_c: Callable[..., Any]) -> Callable[..., Any]:
+            # The C paths (aio_map_fd, and aio_begin of an unmap) begin the job themselves.
+            def begun(*a: Any) -> Any:
+                job = real_c(*a)
+                if type(job) is _ffi.Job:
+                    scope.cancel()
+                return job
+
+            return begun
+
         for module in (async_reservation_module, async_mapping_module):
             monkeypatch.setattr(module, "run_blocking", then_cancel)
             monkeypatch.setattr(module, "run_job", job_then_cancel)
+        monkeypatch.setattr(async_reservation_module, "aio_map_fd", c_then_cancel(_ffi.aio_map_fd))
+        monkeypatch.setattr(async_mapping_module, "aio_begin", c_then_cancel(_ffi.aio_begin))
         with scope:
             await call()
         cancelled = scope.cancelled_caught
@@ -403,7 +426,7 @@ async def _run_cancelled(
     not_happened, happened = _outcomes(name, before, rsv)
     after = "closed" if rsv.closed else _snapshot(rsv)
     assert after in (not_happened, happened), (name, when, before, after)
-    if name in ("map_file", "map_file_path_open", "map_anonymous"):
+    if name in ("map_file", "map_file_fd", "map_file_path_open", "map_anonymous"):
         # The caller never received a mapping: it must not exist.
         assert after == not_happened
     if name in ("unmap", "aclose"):

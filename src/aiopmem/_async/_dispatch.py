@@ -36,7 +36,7 @@ from .._ffi import Job as _Job
 from .._ffi import Port as JobPort
 from ._workers import Job, Port, submit
 
-__all__ = ["run_blocking", "run_job", "run_mem"]
+__all__ = ["cancelled_job", "late_cancel", "run_blocking", "run_job", "run_mem"]
 
 T = TypeVar("T")
 
@@ -350,7 +350,7 @@ def _asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
 aio_configure(_get_running_loop, current_task, _anyio_task_states(), _asyncio_job_port)
 
 
-async def _cancelled_job(
+async def cancelled_job(
     loop: asyncio.AbstractEventLoop,
     job: Any,
     undo: Callable[[Any], object] | None,
@@ -535,7 +535,7 @@ async def run_job(
     try:
         result = await job
     except asyncio.CancelledError:
-        await _cancelled_job(job.waiter, job, undo, check)
+        await cancelled_job(job.waiter, job, undo, check)
         raise
     result = check(result)
     # A cancellation due while the job ran but not delivered yet (the result may reach the
@@ -543,14 +543,21 @@ async def run_job(
     # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
     # cancellation propagates.
     if cancel_due(job.task):
-        try:
-            await checkpoint_if_cancelled()
-        except asyncio.CancelledError:
-            if undo is not None:
-                with anyio.CancelScope(shield=True):
-                    await _undo_asyncio(job.waiter, undo, result)
-            raise
+        await late_cancel(job, undo, result)
     return result
+
+
+async def late_cancel(job: Any, undo: Callable[[Any], object] | None, result: Any) -> None:
+    """After a job on asyncio whose task ``cancel_due`` says is to be cancelled: the
+    checkpoint, and if it raises, ``result`` undone (shielded) before the cancellation
+    propagates."""
+    try:
+        await checkpoint_if_cancelled()
+    except asyncio.CancelledError:
+        if undo is not None:
+            with anyio.CancelScope(shield=True):
+                await _undo_asyncio(job.waiter, undo, result)
+        raise
 
 
 async def run_mem(rsv: Any, args: tuple[Any, ...], what: str, whole: Any = None) -> Any:

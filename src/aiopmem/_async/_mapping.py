@@ -3,6 +3,7 @@ and ``unmap()`` as coroutines run in a worker thread."""
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
@@ -11,8 +12,9 @@ import anyio
 from .._core import Advice, Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
 from .._core._construct import NoPublicConstructor, aclose_on_exit
-from .._ffi import C_WOULD_BLOCK
-from ._dispatch import run_blocking, run_job, run_mem
+from .._ffi import C_WOULD_BLOCK, aio_begin
+from .._ffi import Job as _Job
+from ._dispatch import cancel_due, cancelled_job, late_cancel, run_blocking, run_job, run_mem
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -154,7 +156,23 @@ class Mapping(metaclass=NoPublicConstructor):
         if core.closed:
             await anyio.lowlevel.checkpoint()
             return
-        r = await run_job(core._rsv._unmap_job, (core,), core._unmapped, always=True)
+        job = aio_begin(core._rsv._unmap_job, (core,), True)
+        if type(job) is _Job:  # asyncio: run_job's tail, inline (every async unmap)
+            try:
+                r = await job
+            except asyncio.CancelledError:
+                await cancelled_job(job.waiter, job, None, core._unmapped)
+                raise
+            core._unmapped(r)
+            if cancel_due(job.task):
+                await late_cancel(job, None, None)
+            return
+        if job is None:  # trio, or no asyncio task
+            r = await run_job(core._rsv._unmap_job, (core,), core._unmapped, always=True)
+        else:  # a code: nothing began
+            r = job
+            if r != C_WOULD_BLOCK:
+                await anyio.lowlevel.checkpoint()
         if r == C_WOULD_BLOCK:  # a persist or the gate would make it wait: wait in a worker
             await run_blocking(core.unmap, always=True)
         elif r is not None:

@@ -19,6 +19,7 @@ Cancellation policy (each method's docstring says which case applies to it):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable
@@ -36,8 +37,9 @@ from .._core._maps import MapPlan, c_offset_length, file_refusal
 from .._core._reservation import reserve_args, reserved
 from .._core._source import FileSource, fd_error, open_error, path_flags, path_label
 from .._ffi import C_CLOSED as _C_CLOSED
-from .._ffi import C_WOULD_BLOCK, OwnedFd, reserve_job
-from ._dispatch import run_blocking, run_job, run_mem
+from .._ffi import C_WOULD_BLOCK, OwnedFd, aio_map_fd, reserve_job
+from .._ffi import Job as _Job
+from ._dispatch import cancel_due, cancelled_job, late_cancel, run_blocking, run_job, run_mem
 from ._mapping import Mapping
 from ._opening import Opening
 
@@ -228,11 +230,27 @@ class Reservation(metaclass=NoPublicConstructor):
         sharing: Sharing,
     ) -> Mapping:
         core = self._core
+        # A plain descriptor on asyncio: checks, prologue and begin in one C call, and
+        # run_job's tail inline (this is the path of every such map).
+        job = aio_map_fd(core, file, offset, length, file_offset, protection, sharing)
+        if type(job) is _Job:
+            given = (file, offset, length, file_offset, protection, sharing)
+            try:
+                r = await job
+            except asyncio.CancelledError:
+                await cancelled_job(job.waiter, job, _unmap_facade, partial(self._fd_mapped, given))
+                raise
+            facade = self._fd_mapped(given, r)
+            if cancel_due(job.task):
+                await late_cancel(job, _unmap_facade, facade)
+            return facade
+        if job is not None and job != C_WOULD_BLOCK:  # refused: the blocking path reports
+            await anyio.lowlevel.checkpoint()
         if type(file) is not int and isinstance(file, (str, bytes, os.PathLike)):
             m = await self._map_path(file, offset, length, file_offset, protection, sharing)
             if m is not None:
                 return m
-        else:
+        elif job is None:
             plan = core._fd_plan(file, offset, length, file_offset, protection, sharing)
             if plan is not None:  # _map_job(plan, True), inline: the path of every fd map
                 args, check = self._map_call(plan, True, None)
@@ -346,6 +364,20 @@ class Reservation(metaclass=NoPublicConstructor):
             check_fd, owned,
         )  # fmt: skip
         return args, check
+
+    def _fd_mapped(self, given: tuple[Any, ...], r: Any) -> Mapping:
+        """The result of aio_map_fd's job as the caller's: the async mapping, or the error.
+        ``given``: map_file's arguments (file, offset, length, file_offset, protection,
+        sharing), plain as aio_map_fd checked."""
+        file, offset, length, file_offset, protection, sharing = given
+        if type(r) is tuple:  # (C_FILE, the descriptor check's result)
+            raise file_refusal(r[1], file, file_offset, length)
+        if type(r) is int:
+            plan = self._core._fd_plan(file, offset, length, file_offset, protection, sharing)
+            assert plan is not None  # aio_map_fd made the same checks
+            raise self._core._map_refusal(r, offset, length, plan[4], plan[5])
+        facade = r._facade
+        return Mapping._facade_of(r, self) if facade is None else facade
 
     def _map_begin_refused(self, r: int, plan: MapPlan, check_fd: bool) -> None:
         """A map whose begin refused with code ``r`` (nothing began): returns when the blocking

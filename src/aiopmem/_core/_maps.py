@@ -41,6 +41,9 @@ _SHARED: Final = Sharing.SHARED
 _FD_MAX: Final = 2**31 - 1
 #: PROT_* bits by Protection value (indexing by the int value avoids hashing a Flag member).
 _PROT_BITS: Final = tuple(prot_bits(Protection(v)) for v in range(8))
+
+# The async map of a plain descriptor makes _fd_plan's checks in C (aio_map_fd): its objects.
+_ffi.aio_configure_map(Mapping, Protection, Sharing, _SHARED, _PROT_BITS, _MASK)
 #: Offsets the C core takes (int64); a larger one keeps its sign and alignment when clamped.
 _I64: Final = 2**63
 #: Lengths the C core takes (uint64); a larger one is clamped to one that never fits.

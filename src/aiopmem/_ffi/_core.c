@@ -110,6 +110,11 @@ static PyMethodDef module_methods[] = {
      "aio_configure(get_running_loop, current_task, states, make_port): the asyncio prologue's objects"},
     {"aio_begin", (PyCFunction)(void (*)(void))aio_begin, METH_FASTCALL,
      "aio_begin(begin, args, always) -> the job, a code, or None (the Python path decides)"},
+    {"aio_configure_map", (PyCFunction)(void (*)(void))aio_configure_map, METH_FASTCALL,
+     "aio_configure_map(cls, Protection, Sharing, SHARED, prot_bits, mask): aio_map_fd's objects"},
+    {"aio_map_fd", (PyCFunction)(void (*)(void))aio_map_fd, METH_FASTCALL,
+     "aio_map_fd(core, file, offset, length, file_offset, protection, sharing) -> the job, a "
+     "code, or None (the Python path)"},
     {"aio_cancel_due", (PyCFunction)aio_cancel_due, METH_O,
      "aio_cancel_due(task) -> whether a checkpoint would raise in the asyncio task"},
     {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,

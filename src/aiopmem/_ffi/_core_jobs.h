@@ -1374,6 +1374,47 @@ aio_port(PyObject *loop)
     return port;
 }
 
+/* The prologue (GIL held): 1 with new references to the running loop, its task and port in
+   *loop, *task, *port; 0: the Python path decides (not an asyncio task, or a cancellation
+   due: the checkpoint is Python's); -1: an exception. */
+static int
+aio_prologue(int always, PyObject **loop, PyObject **task, PyObject **port)
+{
+    *loop = PyObject_CallNoArgs(aio.get_loop);
+    if (*loop == NULL || *loop == Py_None) {
+        Py_XDECREF(*loop);
+        return *loop == NULL ? -1 : 0;
+    }
+    *task = PyObject_CallOneArg(aio.current_task, *loop);
+    if (*task == NULL || *task == Py_None) {
+        int r = *task == NULL ? -1 : 0;
+        Py_XDECREF(*task);
+        Py_DECREF(*loop);
+        return r;
+    }
+    int due = always ? 0 : aio_due(*task);
+    *port = due == 0 ? aio_port(*loop) : NULL;
+    if (*port == NULL) {
+        Py_DECREF(*task);
+        Py_DECREF(*loop);
+        return due < 0 || PyErr_Occurred() ? -1 : 0;
+    }
+    return 1;
+}
+
+/* The begun job (a new reference) takes the task; the prologue's other references go. */
+static PyObject *
+aio_begun(PyObject *job, PyObject *loop, PyObject *task, PyObject *port)
+{
+    Py_DECREF(port);
+    Py_DECREF(loop);
+    if (job != NULL && Py_IS_TYPE(job, &OpType))
+        Py_XSETREF(((OpObj *)job)->task, task);
+    else
+        Py_DECREF(task);
+    return job;
+}
+
 /* aio_begin(begin, args, always) -> the job begun (its .task set), what begin returned instead
    of a job (a code: nothing began), or None: the Python path decides (no running asyncio task,
    a cancellation due, anyio's task states unknown). */
@@ -1386,31 +1427,17 @@ aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int always = PyObject_IsTrue(args[2]);
     if (always < 0)
         return NULL;
-    PyObject *loop = PyObject_CallNoArgs(aio.get_loop);
-    if (loop == NULL || loop == Py_None)
-        return loop;
-    PyObject *task = PyObject_CallOneArg(aio.current_task, loop);
-    if (task == NULL || task == Py_None) {
-        Py_DECREF(loop);
-        return task;
-    }
-    int due = always ? 0 : aio_due(task);
-    PyObject *port = due == 0 ? aio_port(loop) : NULL;
-    if (port == NULL) {
-        Py_DECREF(task);
-        Py_DECREF(loop);
-        if (due < 0 || PyErr_Occurred())
+    PyObject *loop, *task, *port;
+    int r = aio_prologue(always, &loop, &task, &port);
+    if (r <= 0) {
+        if (r < 0)
             return NULL;
-        Py_RETURN_NONE; /* due: the Python path takes the checkpoint */
+        Py_RETURN_NONE;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(args[1]);
     PyObject *small[18], **stack = small;
-    if (n + 3 > 18 && (stack = PyMem_Malloc((n + 3) * sizeof(PyObject *))) == NULL) {
-        Py_DECREF(port);
-        Py_DECREF(task);
-        Py_DECREF(loop);
-        return PyErr_NoMemory();
-    }
+    if (n + 3 > 18 && (stack = PyMem_Malloc((n + 3) * sizeof(PyObject *))) == NULL)
+        return aio_begun(PyErr_NoMemory(), loop, task, port);
     stack[1] = port;
     stack[2] = loop;
     for (Py_ssize_t i = 0; i < n; i++)
@@ -1419,11 +1446,120 @@ aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                                         NULL);
     if (stack != small)
         PyMem_Free(stack);
-    Py_DECREF(port);
-    Py_DECREF(loop);
-    if (job != NULL && Py_IS_TYPE(job, &OpType))
-        Py_XSETREF(((OpObj *)job)->task, task);
-    else
-        Py_DECREF(task);
-    return job;
+    return aio_begun(job, loop, task, port);
+}
+
+/* -- the map of a plain descriptor on asyncio, in one C call ----------------------------------
+   map_file(fd, offset, length=..., ...) with every argument of its plain type and in range
+   (what Reservation._fd_plan accepts) is the path of every such async map: its checks, the
+   prologue and the begin here. Set up by aio_configure_map() with the core's Mapping class,
+   Protection, Sharing, Sharing.SHARED, the PROT bits of each Protection value and the
+   alignment mask. */
+
+static struct {
+    PyObject *cls, *protection, *sharing, *shared, *bits; /* strong */
+    unsigned long long mask;
+} aio_map;
+static PyObject *str_value_;
+
+/* aio_configure_map(cls, Protection, Sharing, SHARED, prot_bits (8 ints), mask) */
+static PyObject *
+aio_configure_map(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6 || !PyType_Check(args[0]) || !PyType_Check(args[1]) || !PyType_Check(args[2]) ||
+        !PyTuple_Check(args[4]) || PyTuple_GET_SIZE(args[4]) != 8 || !PyLong_Check(args[5]))
+        return PyErr_Format(PyExc_TypeError,
+                            "aio_configure_map(cls, Protection, Sharing, SHARED, bits, mask)");
+    unsigned long long mask = PyLong_AsUnsignedLongLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (str_value_ == NULL && (str_value_ = PyUnicode_InternFromString("_value_")) == NULL)
+        return NULL;
+    Py_XSETREF(aio_map.cls, Py_NewRef(args[0]));
+    Py_XSETREF(aio_map.protection, Py_NewRef(args[1]));
+    Py_XSETREF(aio_map.sharing, Py_NewRef(args[2]));
+    Py_XSETREF(aio_map.shared, Py_NewRef(args[3]));
+    Py_XSETREF(aio_map.bits, Py_NewRef(args[4]));
+    aio_map.mask = mask;
+    Py_RETURN_NONE;
+}
+
+/* _fd_plan's checks: 1 (*bits, *kind set), 0: not plain (the Python path reports or coerces),
+   -1: an exception. a: file, offset, length, file_offset, protection, sharing. */
+static int
+aio_fd_plain(Core *c, PyObject *const *a, PyObject **bits, int *kind)
+{
+    if (aio_map.cls == NULL || c->closed || !PyLong_CheckExact(a[0]) || !PyLong_CheckExact(a[1]) ||
+        !PyLong_CheckExact(a[2]) || !PyLong_CheckExact(a[3]) ||
+        !Py_IS_TYPE(a[4], (PyTypeObject *)aio_map.protection) ||
+        !Py_IS_TYPE(a[5], (PyTypeObject *)aio_map.sharing))
+        return 0;
+    int over;
+    long long fd = PyLong_AsLongLongAndOverflow(a[0], &over);
+    if (over || fd < 0 || fd > INT_MAX)
+        return 0;
+    (void)PyLong_AsLongLongAndOverflow(a[1], &over); /* the offset: any int64 */
+    if (over)
+        return 0;
+    long long n = PyLong_AsLongLongAndOverflow(a[2], &over);
+    if (over || n <= 0 || ((unsigned long long)n & aio_map.mask))
+        return 0;
+    long long fo = PyLong_AsLongLongAndOverflow(a[3], &over);
+    if (over || fo < 0 || ((unsigned long long)fo & aio_map.mask))
+        return 0;
+    if (PyErr_Occurred())
+        return -1;
+    PyObject *v = PyObject_GetAttr(a[4], str_value_);
+    if (v == NULL)
+        return -1;
+    long p = PyLong_AsLong(v);
+    Py_DECREF(v);
+    if (p < 0 || p > 7)
+        return PyErr_Occurred() ? -1 : 0;
+    *bits = PyTuple_GET_ITEM(aio_map.bits, p);
+    *kind = a[5] == aio_map.shared ? 0 : 1; /* FILE_SHARED, FILE_PRIVATE */
+    return 1;
+}
+
+static PyObject *small_ints[2];
+
+/* aio_map_fd(core, file, offset, length, file_offset, protection, sharing) -> the map job
+   begun (its outcome as _map_job's with check_fd), a code (nothing began), or None: the
+   Python path (arguments not plain, not an asyncio task, a cancellation due). */
+static PyObject *
+aio_map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 7 || !PyObject_TypeCheck(args[0], &CoreType) || aio.get_loop == NULL)
+        return PyErr_Format(PyExc_TypeError, "aio_map_fd(core, file, offset, length, "
+                                             "file_offset, protection, sharing)");
+    Core *c = (Core *)args[0];
+    PyObject *const *a = args + 1, *bits;
+    int kind;
+    int plain = aio_fd_plain(c, a, &bits, &kind);
+    if (plain <= 0) {
+        if (plain < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *loop, *task, *port;
+    int r = aio_prologue(0, &loop, &task, &port);
+    if (r <= 0) {
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (small_ints[0] == NULL) {
+        small_ints[0] = PyLong_FromLong(0);
+        small_ints[1] = PyLong_FromLong(1);
+        if (small_ints[0] == NULL || small_ints[1] == NULL)
+            return aio_begun(NULL, loop, task, port);
+    }
+    /* _map_job(port, waiter, cls, offset, length, bits, kind, fd, file_offset, dev,
+       protection, sharing, file, check_fd, owned) */
+    PyObject *full[15] = {port,         loop,   aio_map.cls, a[1], a[2],   bits,
+                          small_ints[kind], a[0], a[3], small_ints[0], a[4], a[5],
+                          a[0],         Py_True, Py_None};
+    return aio_begun(core_map_job(c, full, 15), loop, task, port);
 }
