@@ -116,6 +116,30 @@ def test_finished_jobs_wake_the_loop_once_per_batch() -> None:
             m.unmap()
 
 
+def test_a_long_batch_wakes_the_loop_before_it_ends() -> None:
+    """The signal of a batch is held back for a few listed jobs only: with 20 slow jobs
+    queued behind one worker, the eventfd is readable well before the last has run (the loop
+    can resume the first tasks while the worker runs the rest)."""
+    done: list[Any] = []
+    port = Port(done.append)
+    with configured(max_workers=1), aiopmem.sync.reserve(32 * P) as rsv:
+        before = executor_stats()["ran"]
+        with inject("mmap", delay=0.02, times=20):
+            jobs = [_map_job(rsv, port, i * P) for i in range(20)]
+            deadline = time.monotonic() + 5
+            while not select.select([port.fd], [], [], 0.001)[0]:
+                assert time.monotonic() < deadline
+            ran_when_signaled = executor_stats()["ran"] - before
+            _wait_ran(before + 20)
+        assert 1 <= ran_when_signaled < 16, ran_when_signaled
+        port.drain()
+        _wait_for(lambda: len(done) == 20 or bool(select.select([port.fd], [], [], 0)[0]))
+        port.drain()
+        assert done == jobs
+        for m in rsv.mappings():
+            m.unmap()
+
+
 def test_a_deferred_wake_up_whose_flush_never_comes_still_runs_the_jobs() -> None:
     """A port with a ``schedule`` defers the workers' wake-up for the jobs it submits while
     another of its jobs is in flight, to its flush (once per loop iteration). A loop that never
