@@ -505,6 +505,50 @@ def test_a_map_served_by_the_callers_wait_is_undone_if_cancelled_at_its_yield(
     assert "cancelled" in outcomes, outcomes
 
 
+def test_the_callers_wait_leaves_other_ports_jobs_to_their_drain() -> None:
+    """A port that hands finished jobs to a callable (no event loop's task looks at the job
+    after its begin) never has a job taken by the caller's wait: each one is listed, signalled
+    and handed over by the drain, even with a worker watching the queue."""
+    done: list[Any] = []
+    port = Port(done.append)
+    with configured(spin=0.005, wait=0.001), aiopmem.sync.reserve(4 * P) as rsv:
+        before = executor_stats()
+        for _ in range(20):
+            job = _map_job(rsv, port, 0)
+            _wait_for(lambda: bool(select.select([port.fd], [], [], 0)[0]))
+            port.drain()
+            assert done[-1] is job and job.delivered
+            job.outcome().unmap()
+        after = executor_stats()
+    assert len(done) == 20
+    assert after["waits"] == before["waits"]
+
+
+def test_a_cancelled_task_waits_for_its_job_without_spinning_the_loop(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    """A map cancelled while its (slowed) mmap runs: the caller returns once the job is done
+    (it is never abandoned), the mapping is undone, and meanwhile the event loop sleeps (its
+    thread's CPU time stays far below the time waited: it does not poll for the cancellation's
+    delivery)."""
+    backend, options = anyio_backend
+    seen: dict[str, float] = {}
+
+    async def main() -> None:
+        async with aiopmem.reserve(4 * P) as rsv:
+            cpu, wall = time.thread_time(), time.monotonic()
+            with inject("mmap", delay=0.4, times=1), anyio.move_on_after(0.05) as scope:
+                await rsv.map_anonymous(0, P)
+            seen["cpu"], seen["wall"] = time.thread_time() - cpu, time.monotonic() - wall
+            assert scope.cancelled_caught
+            assert rsv.mappings() == []
+            assert _placeholder(rsv.address)
+
+    anyio.run(main, backend=backend, backend_options=options)
+    assert seen["wall"] >= 0.35, seen  # waited for the job
+    assert seen["cpu"] < 0.15, seen  # a polling loop would burn most of the 0.35 s
+
+
 def test_a_job_does_not_begin_where_the_gate_would_wait() -> None:
     """While an extend holds the gate, a job's begin answers C_WOULD_BLOCK (the async caller
     then waits in a worker thread) and leaves nothing behind."""

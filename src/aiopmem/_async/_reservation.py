@@ -33,7 +33,14 @@ from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._mapping import Mapping as _MAPPING
-from .._core._maps import MapPlan, c_offset_length, file_refusal
+from .._core._maps import (
+    _FILE_PRIVATE,
+    _FILE_SHARED,
+    _PROT_BITS,
+    MapPlan,
+    c_offset_length,
+    file_refusal,
+)
 from .._core._reservation import reserve_args, reserved
 from .._core._source import FileSource, fd_error, open_error, path_flags, path_label
 from .._ffi import C_CLOSED as _C_CLOSED
@@ -372,10 +379,10 @@ class Reservation(metaclass=NoPublicConstructor):
         file, offset, length, file_offset, protection, sharing = given
         if type(r) is tuple:  # (C_FILE, the descriptor check's result)
             raise file_refusal(r[1], file, file_offset, length)
-        if type(r) is int:
-            plan = self._core._fd_plan(file, offset, length, file_offset, protection, sharing)
-            assert plan is not None  # aio_map_fd made the same checks
-            raise self._core._map_refusal(r, offset, length, plan[4], plan[5])
+        if type(r) is int:  # (not _fd_plan again: the reservation may be closed by now)
+            bits = _PROT_BITS[protection._value_]
+            kind = _FILE_SHARED if sharing is Sharing.SHARED else _FILE_PRIVATE
+            raise self._core._map_refusal(r, offset, length, bits, kind)
         facade = r._facade
         return Mapping._facade_of(r, self) if facade is None else facade
 

@@ -72,7 +72,9 @@ typedef struct OpObj {
        task's wake-up), its context, and asyncio's _asyncio_future_blocking flag. */
     PyObject *callback, *cb_context;
     PyObject *task; /* begun by aio_begin: the asyncio task it was begun for */
+    PyObject *cancel_msg; /* cancel()'s message, for the CancelledError result() raises */
     char blocking;
+    char cancel_pending; /* cancel() woke the task: its result() raises CancelledError once */
     char must_yield; /* delivered by the caller's wait (op_wait): its await yields once */
     int waited;      /* WAIT_*: the caller's thread waits for it (op_wait), under the port's mutex */
     struct OpObj *next_done;
@@ -239,6 +241,10 @@ static int
 op_may_wait(OpObj *o)
 {
     PortObj *p = o->port;
+    /* Only the async API's ports (asyncio's "job", trio's tuple): their callers look at
+       `delivered` after the begin; a job waited for is never handed to `how`. */
+    if (!p->self_await && !PyTuple_Check(p->how))
+        return 0;
     if (cw.wait <= 0 || (o->op != OP_MAP && o->op != OP_UNMAP && o->op != OP_OPEN) ||
         p->inflight != 1 || p->last_batch > 1 || !__atomic_load_n(&ex.spinning, __ATOMIC_RELAXED))
         return 0;
@@ -403,8 +409,8 @@ op_new(Core *c, PyObject *port, PyObject *waiter, int op)
     o->port = (PortObj *)Py_NewRef(port);
     o->waiter = Py_NewRef(waiter);
     o->result = NULL;
-    o->callback = o->cb_context = o->task = NULL;
-    o->blocking = o->must_yield = 0;
+    o->callback = o->cb_context = o->task = o->cancel_msg = NULL;
+    o->blocking = o->must_yield = o->cancel_pending = 0;
     o->waited = WAIT_NONE;
     o->next_done = NULL;
     PyObject_GC_Track(o);
@@ -633,6 +639,7 @@ op_traverse(OpObj *o, visitproc visit, void *arg)
     Py_VISIT(o->callback);
     Py_VISIT(o->cb_context);
     Py_VISIT(o->task);
+    Py_VISIT(o->cancel_msg);
     Py_VISIT((PyObject *)o->m);
     Py_VISIT((PyObject *)o->core);
     Py_VISIT((PyObject *)o->port);
@@ -649,6 +656,7 @@ op_clear(OpObj *o)
     Py_CLEAR(o->callback);
     Py_CLEAR(o->cb_context);
     Py_CLEAR(o->task);
+    Py_CLEAR(o->cancel_msg);
     return 0;
 }
 
@@ -757,6 +765,7 @@ op_get_loop(OpObj *o, PyObject *unused)
 }
 
 static PyObject *str_call_soon, *str_context;
+static int op_schedule_callback(OpObj *o);
 
 /* add_done_callback(fn, *, context=None): one callback (a later one replaces it: the task
    that awaits the job again). Called once delivered, it is scheduled as asyncio does. */
@@ -773,24 +782,23 @@ op_add_done_callback(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject
             return PyErr_Format(PyExc_TypeError, "add_done_callback: unexpected keyword");
         ctx = args[nargs + i];
     }
-    if (o->delivered) {
-        PyObject *loop = o->waiter;
-        if (loop == NULL || loop == Py_None)
-            return PyObject_CallOneArg(fn, (PyObject *)o);
-        PyObject *call[3] = {loop, fn, (PyObject *)o};
-        PyObject *kw = ctx == Py_None ? NULL : PyTuple_Pack(1, str_context);
-        PyObject *full[4] = {loop, fn, (PyObject *)o, ctx};
-        PyObject *r = kw == NULL
-            ? PyObject_VectorcallMethod(str_call_soon, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
-            : PyObject_VectorcallMethod(str_call_soon, full, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, kw);
-        Py_XDECREF(kw);
-        Py_XDECREF(r);
-        if (r == NULL)
-            return NULL;
-        Py_RETURN_NONE;
-    }
     Py_XSETREF(o->callback, Py_NewRef(fn));
     Py_XSETREF(o->cb_context, ctx == Py_None ? NULL : Py_NewRef(ctx));
+    if (o->delivered) { /* as asyncio's: scheduled at once (with no loop: called) */
+        if (o->waiter == NULL || o->waiter == Py_None) {
+            PyObject *cb = o->callback;
+            o->callback = NULL;
+            Py_CLEAR(o->cb_context);
+            PyObject *r = PyObject_CallOneArg(cb, (PyObject *)o);
+            Py_DECREF(cb);
+            if (r == NULL)
+                return NULL;
+            Py_DECREF(r);
+            Py_RETURN_NONE;
+        }
+        if (op_schedule_callback(o) < 0)
+            return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -806,14 +814,82 @@ op_remove_done_callback(OpObj *o, PyObject *fn)
     return PyLong_FromLong(0);
 }
 
+/* Schedule the registered wake-up now (the loop's call_soon, in its context); 0 or -1. */
+static int
+op_schedule_callback(OpObj *o)
+{
+    PyObject *cb = o->callback, *ctx = o->cb_context;
+    o->callback = o->cb_context = NULL;
+    PyObject *kw = ctx == NULL ? NULL : PyTuple_Pack(1, str_context);
+    PyObject *r = NULL;
+    if (ctx == NULL || kw != NULL) {
+        PyObject *call[4] = {o->waiter, cb, (PyObject *)o, ctx};
+        r = PyObject_VectorcallMethod(str_call_soon, call, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      kw);
+    }
+    Py_XDECREF(kw);
+    Py_DECREF(cb);
+    Py_XDECREF(ctx);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* cancel(msg=None): a task waiting for the job is woken at once, its result() raising
+   CancelledError (once); it then waits for the job again, shielded (run_job's cancelled_job):
+   a job is never abandoned. Nothing else is cancelled: False. (Refusing outright would leave
+   the task suspended, and anyio's cancel delivery, which retries every loop iteration while a
+   task of the scope has a cancellation pending, would spin the loop until the job ended.) */
 static PyObject *
 op_cancel(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    (void)o;
-    (void)args;
-    (void)nargs;
-    (void)kwnames;
-    Py_RETURN_FALSE; /* never abandoned: the task takes the cancellation once it is delivered */
+    PyObject *msg = nargs > 0 ? args[0] : Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "msg") != 0)
+            return PyErr_Format(PyExc_TypeError, "cancel(msg=None)");
+        msg = args[nargs + i];
+    }
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "cancel(msg=None)");
+    if (o->delivered || o->callback == NULL || o->waiter == NULL || o->waiter == Py_None)
+        Py_RETURN_FALSE;
+    /* The message goes with the error (anyio tells its own cancellations by it). */
+    Py_XSETREF(o->cancel_msg, msg == Py_None ? NULL : Py_NewRef(msg));
+    o->cancel_pending = 1;
+    if (op_schedule_callback(o) < 0) {
+        o->cancel_pending = 0;
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* result(): None, or CancelledError once after a cancel() (see above). */
+static PyObject *cancelled_error;
+
+static PyObject *
+op_result(OpObj *o, PyObject *unused)
+{
+    (void)unused;
+    if (!o->cancel_pending)
+        Py_RETURN_NONE;
+    o->cancel_pending = 0;
+    if (cancelled_error == NULL) {
+        PyObject *mod = PyImport_ImportModule("asyncio");
+        cancelled_error = mod ? PyObject_GetAttrString(mod, "CancelledError") : NULL;
+        Py_XDECREF(mod);
+        if (cancelled_error == NULL)
+            return NULL;
+    }
+    PyObject *msg = o->cancel_msg;
+    o->cancel_msg = NULL;
+    PyObject *exc = msg == NULL ? PyObject_CallNoArgs(cancelled_error)
+                                : PyObject_CallOneArg(cancelled_error, msg);
+    Py_XDECREF(msg);
+    if (exc != NULL) {
+        PyErr_SetObject(cancelled_error, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
 }
 
 static PyObject *
@@ -850,10 +926,11 @@ static PyMethodDef op_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, "The awaiting task's wake-up (called by the drain)."},
     {"remove_done_callback", (PyCFunction)op_remove_done_callback, METH_O, NULL},
     {"cancel", (PyCFunction)(void (*)(void))op_cancel, METH_FASTCALL | METH_KEYWORDS,
-     "Refused (False): a job is never abandoned."},
+     "Wake the waiting task with CancelledError; the job itself runs on (never abandoned)."},
     {"cancelled", (PyCFunction)op_false, METH_NOARGS, "Always False."},
     {"done", (PyCFunction)op_done, METH_NOARGS, "Whether it was delivered."},
-    {"result", (PyCFunction)op_none, METH_NOARGS, "None (the await returns the outcome)."},
+    {"result", (PyCFunction)op_result, METH_NOARGS,
+     "None (the await returns the outcome); CancelledError once after cancel()."},
     {"exception", (PyCFunction)op_none, METH_NOARGS, "None."},
     {NULL},
 };
@@ -1561,10 +1638,10 @@ aio_map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         Py_RETURN_NONE;
     }
-    if (small_ints[0] == NULL) {
-        small_ints[0] = PyLong_FromLong(0);
-        small_ints[1] = PyLong_FromLong(1);
-        if (small_ints[0] == NULL || small_ints[1] == NULL)
+    if (small_ints[1] == NULL) {
+        if (small_ints[0] == NULL && (small_ints[0] = PyLong_FromLong(0)) == NULL)
+            return aio_begun(NULL, loop, task, port);
+        if ((small_ints[1] = PyLong_FromLong(1)) == NULL)
             return aio_begun(NULL, loop, task, port);
     }
     /* _map_job(port, waiter, cls, offset, length, bits, kind, fd, file_offset, dev,
