@@ -181,27 +181,20 @@ async def _run_asyncio(
 
 
 async def _await_asyncio(
-    loop: asyncio.AbstractEventLoop,
-    job: Any,
-    undo: Callable[[Any], object] | None,
-    check: Callable[[Any], Any] | None = None,
+    loop: asyncio.AbstractEventLoop, job: Job, undo: Callable[[Any], object] | None
 ) -> Any:
-    """Wait for a submitted job (a pool ``Job`` or a C core job) on asyncio; see the module.
-    ``check`` turns a C job's result into the caller's (raising what a code stands for)."""
+    """Wait for a submitted pool ``Job`` on asyncio; see the module. (A C job is awaited
+    itself: ``run_job``.)"""
     try:
         await job.waiter
     except asyncio.CancelledError:
-        await _cancelled_asyncio(loop, job, undo, check)
+        await _cancelled_asyncio(loop, job, undo)
         raise
-    result = job.outcome()
-    return result if check is None else check(result)
+    return job.outcome()
 
 
 async def _cancelled_asyncio(
-    loop: asyncio.AbstractEventLoop,
-    job: Any,
-    undo: Callable[[Any], object] | None,
-    check: Callable[[Any], Any] | None,
+    loop: asyncio.AbstractEventLoop, job: Job, undo: Callable[[Any], object] | None
 ) -> None:
     """The caller of ``job`` was cancelled while it ran: never abandon it. A job still waiting
     for its turn gives up; wait for its outcome shielded and undo its result; the caller then
@@ -223,8 +216,6 @@ async def _cancelled_asyncio(
             job.error = None
         else:
             result = job.outcome()
-            if check is not None:
-                result = check(result)
             if undo is not None:
                 await _undo_asyncio(loop, undo, result)
 
@@ -280,10 +271,8 @@ def _abort_failed(_: Any) -> Any:
     return trio.lowlevel.Abort.FAILED
 
 
-async def _await_trio(
-    job: Any, undo: Callable[[Any], object] | None, check: Callable[[Any], Any] | None = None
-) -> Any:
-    """Wait for a submitted job (a pool ``Job`` or a C core job) on trio; see the module."""
+async def _await_trio(job: Job, undo: Callable[[Any], object] | None) -> Any:
+    """Wait for a submitted pool ``Job`` on trio; see the module. (A C job: ``run_job``.)"""
     import trio
 
     ticket = job.ticket
@@ -300,8 +289,6 @@ async def _await_trio(
     except Abandoned:
         await trio.lowlevel.checkpoint_if_cancelled()  # abandoned: the cancellation is due
         raise  # (not reached: only a cancelled caller's ticket is abandoned)
-    if check is not None:
-        result = check(result)
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
@@ -356,11 +343,13 @@ async def cancelled_job(
     undo: Callable[[Any], object] | None,
     check: Callable[[Any], Any],
 ) -> None:
-    """The caller of a C job awaited itself was cancelled: the cancellation comes in only once
-    the job is delivered (its cancel() refuses), so its result is there: checked (an error of
-    the job wins) and undone, shielded; the caller then lets the cancellation continue."""
+    """The caller of a C job awaited itself was cancelled (the job's cancel() woke it, or the
+    cancellation came in at the await once the job was delivered): never abandon the job. Wait
+    for it shielded (a plain task.cancel() meanwhile is absorbed too, as in
+    ``_cancelled_asyncio``), then its result is checked (an error of the job wins) and undone;
+    the caller then lets the cancellation continue."""
     with anyio.CancelScope(shield=True):
-        while not job.delivered:  # not expected: a throw() from elsewhere into the task
+        while not job.delivered:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         result = check(job.outcome())
@@ -530,8 +519,8 @@ async def run_job(
             await anyio.lowlevel.checkpoint()
         return job
     # The job is awaited itself (see Port "job"): the port's drain wakes the task, and the
-    # await returns the committed result. A cancellation is taken only once the job is
-    # delivered (it is thrown in at the await).
+    # await returns the committed result. A cancellation wakes the task at once (the job's
+    # cancel()); cancelled_job then waits for the job, shielded.
     try:
         result = await job
     except asyncio.CancelledError:

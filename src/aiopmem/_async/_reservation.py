@@ -25,7 +25,7 @@ import os
 from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
-from typing import Any, final
+from typing import Any, NoReturn, final
 
 import anyio
 
@@ -33,14 +33,7 @@ from .. import _core
 from .._core import Protection, Sharing
 from .._core._construct import NoPublicConstructor, aclose_on_exit, public_name
 from .._core._mapping import Mapping as _MAPPING
-from .._core._maps import (
-    _FILE_PRIVATE,
-    _FILE_SHARED,
-    _PROT_BITS,
-    MapPlan,
-    c_offset_length,
-    file_refusal,
-)
+from .._core._maps import MapPlan, c_offset_length, file_bits_kind, file_refusal
 from .._core._reservation import reserve_args, reserved
 from .._core._source import FileSource, fd_error, open_error, path_flags, path_label
 from .._ffi import C_CLOSED as _C_CLOSED
@@ -354,17 +347,13 @@ class Reservation(metaclass=NoPublicConstructor):
     ) -> tuple[tuple[Any, ...], Callable[[Any], Mapping]]:
         """What ``run_job`` takes for the map of ``plan``: the begin's arguments, and the check
         that turns the job's result into the caller's (the async mapping, or the error)."""
-        core = self._core
         offset, n, protection, sharing, bits, kind, fd, file_offset, dev, label = plan
         off, c_n = c_offset_length(offset, n)
 
         def check(r: Any) -> Mapping:
-            if type(r) is tuple:  # (C_FILE, the descriptor check's result)
-                raise file_refusal(r[1], fd, file_offset, n)
-            if type(r) is int:
-                raise core._map_refusal(r, offset, n, bits, kind)
-            facade = r._facade
-            return Mapping._facade_of(r, self) if facade is None else facade
+            if type(r) is tuple or type(r) is int:
+                self._map_failed(r, offset, n, bits, kind, fd, file_offset)
+            return self._wrap(r)  # type: ignore[return-value]
 
         args = (
             _MAPPING, off, c_n, bits, kind, fd, file_offset, dev, protection, sharing, label,
@@ -376,15 +365,22 @@ class Reservation(metaclass=NoPublicConstructor):
         """The result of aio_map_fd's job as the caller's: the async mapping, or the error.
         ``given``: map_file's arguments (file, offset, length, file_offset, protection,
         sharing), plain as aio_map_fd checked."""
-        file, offset, length, file_offset, protection, sharing = given
-        if type(r) is tuple:  # (C_FILE, the descriptor check's result)
-            raise file_refusal(r[1], file, file_offset, length)
-        if type(r) is int:  # (not _fd_plan again: the reservation may be closed by now)
-            bits = _PROT_BITS[protection._value_]
-            kind = _FILE_SHARED if sharing is Sharing.SHARED else _FILE_PRIVATE
-            raise self._core._map_refusal(r, offset, length, bits, kind)
-        facade = r._facade
-        return Mapping._facade_of(r, self) if facade is None else facade
+        if type(r) is tuple or type(r) is int:
+            file, offset, length, file_offset, protection, sharing = given
+            # (Not _fd_plan again for the bits: the reservation may be closed by now.)
+            bits, kind = file_bits_kind(protection, sharing)
+            self._map_failed(r, offset, length, bits, kind, file, file_offset)
+        return self._wrap(r)  # type: ignore[return-value]
+
+    def _map_failed(
+        self, r: int | tuple[int, int], offset: int, n: int, bits: int, kind: int, fd: int,
+        file_offset: int,
+    ) -> NoReturn:  # fmt: skip
+        """Raise what a map job's code stands for (or the descriptor check's result, when the
+        job returned ``(C_FILE, result)``)."""
+        if type(r) is tuple:
+            raise file_refusal(r[1], fd, file_offset, n)
+        raise self._core._map_refusal(r, offset, n, bits, kind)  # type: ignore[arg-type]
 
     def _map_begin_refused(self, r: int, plan: MapPlan, check_fd: bool) -> None:
         """A map whose begin refused with code ``r`` (nothing began): returns when the blocking

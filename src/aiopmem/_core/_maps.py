@@ -90,6 +90,11 @@ def c_offset_length(offset: int, length: int) -> tuple[int, int]:
     )
 
 
+def file_bits_kind(protection: Protection, sharing: Sharing) -> tuple[int, int]:
+    """The PROT bits and the C kind of a map of a file with ``protection`` and ``sharing``."""
+    return _PROT_BITS[protection._value_], _FILE_SHARED if sharing is _SHARED else _FILE_PRIVATE
+
+
 def int64(x: int) -> int:
     """``x`` as the C core takes it (int64): unchanged if it fits, else clamped far out of any
     range with its sign and its alignment kept, so that every check gives the same verdict."""
@@ -371,9 +376,7 @@ class Maps(Holes):
             or self._closed
         ):
             return None
-        shared = sharing is _SHARED
-        kind = _FILE_SHARED if shared else _FILE_PRIVATE
-        bits = _PROT_BITS[protection._value_]
+        bits, kind = file_bits_kind(protection, sharing)
         return offset, length, protection, sharing, bits, kind, file, file_offset, 0, file
 
     def _map_at(

@@ -696,33 +696,13 @@ op_outcome(OpObj *o, PyObject *unused)
     return Py_NewRef(o->result);
 }
 
-static PyObject *
-op_get_none(OpObj *o, void *unused)
-{
-    (void)o;
-    (void)unused;
-    Py_RETURN_NONE;
-}
-
-static int
-op_set_error(OpObj *o, PyObject *v, void *unused)
-{
-    (void)o;
-    (void)unused;
-    if (v != NULL && v != Py_None) {
-        PyErr_SetString(PyExc_AttributeError, "a job's outcome is its result");
-        return -1;
-    }
-    return 0;
-}
-
 /* -- a job awaited itself (asyncio) ------------------------------------------------------
    `await job` yields the job to the task, which takes it for a future (the protocol of
    asyncio.Task: _asyncio_future_blocking, get_loop, add_done_callback, cancel): the task
    registers its wake-up, which the port's drain calls at once (no future, no call_soon and no
-   Handle per job). Its cancel() refuses: a cancelled task stays suspended until the job is
-   delivered (a job is never abandoned), and the cancellation is then thrown in at the await.
-   Once delivered, the await returns the outcome. */
+   Handle per job). Its cancel() wakes the task at once with CancelledError and leaves the job
+   running (a job is never abandoned: the task waits for it again, shielded). Once delivered,
+   the await returns the outcome. */
 
 static PyObject *
 op_await(OpObj *o)
@@ -767,21 +747,34 @@ op_get_loop(OpObj *o, PyObject *unused)
 static PyObject *str_call_soon, *str_context;
 static int op_schedule_callback(OpObj *o);
 
+/* A METH_FASTCALL|METH_KEYWORDS call's one optional keyword `name` (as a positional too when
+   `positional`): *value set if given; -1 with TypeError for anything else. */
+static int
+one_keyword(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, int positional,
+            const char *name, PyObject **value)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > positional || nargs + nkw > 1 ||
+        (nkw && PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), name) != 0)) {
+        PyErr_Format(PyExc_TypeError, "takes one optional argument: %s", name);
+        return -1;
+    }
+    if (nargs + nkw)
+        *value = args[0];
+    return 0;
+}
+
 /* add_done_callback(fn, *, context=None): one callback (a later one replaces it: the task
    that awaits the job again). Called once delivered, it is scheduled as asyncio does. */
 static PyObject *
 op_add_done_callback(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *fn = NULL, *ctx = Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != 1)
+    PyObject *ctx = Py_None;
+    if (nargs < 1)
         return PyErr_Format(PyExc_TypeError, "add_done_callback(fn, *, context=None)");
-    fn = args[0];
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "context") != 0)
-            return PyErr_Format(PyExc_TypeError, "add_done_callback: unexpected keyword");
-        ctx = args[nargs + i];
-    }
+    PyObject *fn = args[0];
+    if (one_keyword(args + 1, nargs - 1, kwnames, 0, "context", &ctx) < 0)
+        return NULL;
     Py_XSETREF(o->callback, Py_NewRef(fn));
     Py_XSETREF(o->cb_context, ctx == Py_None ? NULL : Py_NewRef(ctx));
     if (o->delivered) { /* as asyncio's: scheduled at once (with no loop: called) */
@@ -842,15 +835,9 @@ op_schedule_callback(OpObj *o)
 static PyObject *
 op_cancel(OpObj *o, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *msg = nargs > 0 ? args[0] : Py_None;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "msg") != 0)
-            return PyErr_Format(PyExc_TypeError, "cancel(msg=None)");
-        msg = args[nargs + i];
-    }
-    if (nargs > 1)
-        return PyErr_Format(PyExc_TypeError, "cancel(msg=None)");
+    PyObject *msg = Py_None;
+    if (one_keyword(args, nargs, kwnames, 1, "msg", &msg) < 0)
+        return NULL;
     if (o->delivered || o->callback == NULL || o->waiter == NULL || o->waiter == Py_None)
         Py_RETURN_FALSE;
     /* The message goes with the error (anyio tells its own cancellations by it). */
@@ -941,17 +928,8 @@ static PyMemberDef op_members[] = {
      "committed and handed to its waiter"},
     {"task", T_OBJECT, offsetof(OpObj, task), READONLY,
      "the asyncio task aio_begin began it for (else None)"},
-    {"must_yield", T_BOOL, offsetof(OpObj, must_yield), 0,
-     "delivered by the caller's wait: the await yields once first"},
     {"_asyncio_future_blocking", T_BOOL, offsetof(OpObj, blocking), 0,
      "asyncio's flag: set while a task is to wait for it"},
-    {NULL},
-};
-
-static PyGetSetDef op_getset[] = {
-    {"error", (getter)op_get_none, (setter)op_set_error, "always None (codes are results)",
-     NULL},
-    {"ticket", (getter)op_get_none, NULL, "always None (a job never waits at the gate)", NULL},
     {NULL},
 };
 
@@ -969,7 +947,6 @@ static PyTypeObject OpType = {
     .tp_iternext = (iternextfunc)op_iternext,
     .tp_methods = op_methods,
     .tp_members = op_members,
-    .tp_getset = op_getset,
 };
 
 /* -- ports --------------------------------------------------------------------------------- */
