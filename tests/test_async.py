@@ -10,6 +10,8 @@ import errno
 import inspect
 import itertools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -662,9 +664,10 @@ def test_the_cheap_cancellation_check_agrees_with_anyio(uvloop: bool) -> None:
 
 
 def test_the_cheap_cancellation_check_agrees_with_trio() -> None:
-    """The same on trio: ``_trio_cancel_due`` must say yes exactly where trio's
+    """The same on trio: ``_trio_cancel_due`` (the Python path's) and ``cancel_due`` (the C
+    prologue's, which it also calls after a job) must say yes exactly where trio's
     ``checkpoint_if_cancelled`` raises (nested, cancelled, shielded scopes, a deadline in the
-    past), and where it says no it counts the cancel point as trio does
+    past), and where they say no they count the cancel point as trio does
     (``trio.testing.assert_checkpoints`` relies on the count)."""
     import trio
     import trio.testing
@@ -674,6 +677,8 @@ def test_the_cheap_cancellation_check_agrees_with_trio() -> None:
         points = task._cancel_points
         due = _dispatch._trio_cancel_due(task)
         assert task._cancel_points == points + (not due)
+        assert _dispatch.cancel_due(task) is due
+        assert task._cancel_points == points + 2 * (not due)
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except trio.Cancelled:
@@ -709,3 +714,57 @@ def test_the_cheap_cancellation_check_agrees_with_trio() -> None:
         return seen
 
     assert trio.run(scenarios) == [False, True, False, True, True, True]
+
+
+_TRIO_LAYOUT_SCRIPT = """
+import os, sys, tempfile, trio
+import aiopmem
+from aiopmem._async import _dispatch
+
+if sys.argv[1] == "unknown":  # a trio whose layout is not the one known here
+    _dispatch._trio_self_await = lambda lowlevel: None
+path = os.path.join(tempfile.mkdtemp(), "f")
+with open(path, "wb") as f:
+    f.truncate(1 << 16)
+fd = os.open(path, os.O_RDWR)
+
+async def main():
+    async with aiopmem.reserve(1 << 24) as rsv:
+        async def worker(slot):
+            for _ in range(50):
+                m = await rsv.map_file(fd, slot << 16, length=1 << 16)
+                await m.persist()
+                await m.unmap()
+        async with trio.open_nursery() as nursery:
+            for slot in range(8):
+                nursery.start_soon(worker, slot)
+        with trio.move_on_after(0.01):  # cancelled at any moment, over and over
+            while True:
+                m = await rsv.map_file(fd, 0, length=1 << 16)
+                await m.unmap()
+        jobs = [await rsv.map_anonymous(i << 16, 1 << 16) for i in range(3)]
+        assert len(rsv.mappings()) == 3, rsv.mappings()
+        for m in jobs:
+            await m.unmap()
+        assert not rsv.mappings()
+        port = _dispatch._trio_port_var.get()
+        print(port.how[0] if len(port.how) == 4 else "wait_task_rescheduled")
+
+trio.run(main)
+os.close(fd)
+"""
+
+
+@pytest.mark.parametrize("layout", ["known", "unknown"])
+def test_trio_jobs_with_and_without_the_c_prologue(layout: str) -> None:
+    """On trio a job is begun by the C prologue and awaited itself (it yields trio's own
+    WaitTaskRescheduled) where trio's layout is the one known here; where it is not, the
+    jobs are begun in Python and waited for with ``wait_task_rescheduled``. Both run maps,
+    persists and unmaps from many tasks, and cancellations at any moment, to the end (a fresh
+    process: the choice is made on the first job under trio)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIO_LAYOUT_SCRIPT, layout],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["trio" if layout == "known" else "wait_task_rescheduled"]

@@ -31,14 +31,15 @@ from anyio.lowlevel import checkpoint_if_cancelled as _anyio_checkpoint_if_cance
 
 from .._core._gate import Abandoned, Ticket
 from .._core._mapping import mem_outcome
-from .._ffi import C_WOULD_BLOCK, aio_begin, aio_cancel_due, aio_configure
+from .._ffi import C_WOULD_BLOCK, aio_begin, aio_cancel_due, aio_configure, aio_configure_trio
 from .._ffi import Job as _Job
 from .._ffi import Port as JobPort
 from ._workers import Job, Port, submit
 
-__all__ = ["cancelled_job", "late_cancel", "run_blocking", "run_job", "run_mem"]
+__all__ = ["cancelled_job", "ki_protected", "late_cancel", "run_blocking", "run_job", "run_mem"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _get_running_loop = asyncio._get_running_loop
 
@@ -102,8 +103,9 @@ def _anyio_task_states() -> dict[Any, Any] | None:
     return data
 
 
-#: Whether the asyncio task would be cancelled at a checkpoint now (see above; a C function).
-cancel_due: Callable[[asyncio.Task[Any] | None], bool] = aio_cancel_due
+#: Whether the asyncio task (see above), or the trio task once trio's side of the prologue is
+#: set up (see _trio_setup), would be cancelled at a checkpoint now (a C function).
+cancel_due: Callable[[Any], bool] = aio_cancel_due
 _modules = sys.modules
 _asyncio_ports: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Port] = (
     weakref.WeakKeyDictionary()
@@ -357,13 +359,25 @@ async def cancelled_job(
             await _undo_asyncio(loop, undo, result)
 
 
+#: Functions that begin a job and wait for it (see _protect_from_ki): run_job, run_blocking,
+#: and the callers with run_job's tail inline.
+_ki_protected: list[Callable[..., Any]] = []
+
+
+def ki_protected(fn: F) -> F:
+    """Mark ``fn`` (a coroutine function that begins a job and waits for it) to be protected
+    from KeyboardInterrupt under trio (see _protect_from_ki)."""
+    _ki_protected.append(fn)
+    return fn
+
+
 def _protect_from_ki(trio: Any) -> None:
     """Under trio, a KeyboardInterrupt from a signal must not land between the submission of a
     job and the wait for it: the task would be gone when the job's delivery reschedules it.
     Trio defers it out of KI-protected code (to the main task's next checkpoint), and the
     waits here cannot be interrupted anyway (Abort.FAILED). Registering a function is idempotent
     and costs nothing per call."""
-    for fn in (run_job, run_blocking):
+    for fn in (run_job, run_blocking, _run_job_trio, *_ki_protected):
         trio.lowlevel.enable_ki_protection(fn)
 
 
@@ -415,28 +429,67 @@ def _trio_due(lowlevel: Any) -> Callable[[Any], bool]:
 _trio_setup_lock = threading.Lock()
 
 
+#: A trio port's ``how`` (set up with the rest): ("trio", reschedule, the WaitTaskRescheduled
+#: message, CancelShieldedCheckpoint) where trio's layout is the one known here (each job is
+#: then awaited itself, begun by the C prologue); else (reschedule, outcome.Value).
+_trio_how: Any = None
+
+
+def _trio_self_await(lowlevel: Any) -> tuple[Any, ...] | None:
+    """What a job awaited itself on trio needs, checked against the running trio (called in a
+    task of a run): its run context (the running task, and the runner with the RunVars'
+    values), the messages a task yields to wait and to yield, and its Task class; None where
+    trio's layout is not the one known here."""
+    try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT
+        from trio._core._traps import CancelShieldedCheckpoint, WaitTaskRescheduled
+
+        task = lowlevel.current_task()
+        if not (
+            GLOBAL_RUN_CONTEXT.task is task
+            and task._runner is GLOBAL_RUN_CONTEXT.runner
+            and type(task._runner._locals) is dict
+            and WaitTaskRescheduled(_abort_failed).abort_func is _abort_failed
+            and type(task) is lowlevel.Task
+        ):
+            raise LookupError
+    except Exception:  # another trio
+        return None
+    return GLOBAL_RUN_CONTEXT, WaitTaskRescheduled(_abort_failed), CancelShieldedCheckpoint
+
+
 def _trio_setup() -> Any:
     """Once per process (trio runs in two threads may start together): the RunVar is made
-    once, and published after trio.lowlevel, which the callers read once they see it."""
-    global _trio_lowlevel, _trio_port_var, _trio_cancel_due
+    once, and published after trio.lowlevel, which the callers read once they see it. Called
+    in a task of a run."""
+    global _trio_lowlevel, _trio_port_var, _trio_cancel_due, _trio_how
     with _trio_setup_lock:
         if _trio_port_var is None:
+            import outcome
             import trio
 
+            lowlevel = trio.lowlevel
             _protect_from_ki(trio)
-            _trio_cancel_due = _trio_due(trio.lowlevel)
-            _trio_lowlevel = trio.lowlevel
-            _trio_port_var = trio.lowlevel.RunVar("aiopmem job port")
+            _trio_cancel_due = _trio_due(lowlevel)
+            var: Any = lowlevel.RunVar("aiopmem job port")
+            known = _trio_self_await(lowlevel)
+            if known is not None and _trio_cancel_due is not _always_due:
+                context, wait, yield_ = known
+                _trio_how = ("trio", lowlevel.reschedule, wait, yield_)
+            else:
+                _trio_how = (lowlevel.reschedule, outcome.Value)
+            _trio_lowlevel = lowlevel
+            _trio_port_var = var
+            if len(_trio_how) == 4:  # last: the C prologue may make a port at once
+                aio_configure_trio(context, var, _trio_job_port, lowlevel.Task)
         return _trio_port_var
 
 
 def _trio_job_port() -> JobPort:
     """The run's port, made on first use with the system task that drains it."""
-    import outcome
-
     lowlevel = _trio_lowlevel
     token = lowlevel.current_trio_token()
-    port = JobPort((lowlevel.reschedule, outcome.Value), _weakly(token, "run_sync_soon"))
+    port = JobPort(_trio_how, _weakly(token, "run_sync_soon"))
     ports.add(port)
     lowlevel.spawn_system_task(_pump, port, name="aiopmem job completions")
     _trio_port_var.set(port)
@@ -475,42 +528,13 @@ async def run_job(
     ``check`` still runs (an error of the job wins), its value is given to ``undo`` and the
     cancellation propagates.
     """
-    # On asyncio, one C call: the loop, the task, the check for a due cancellation, the port,
-    # the begin. None: not an asyncio task, or a cancellation due: decided below.
+    # One C call: the loop (on trio: the run), the task, the check for a due cancellation, the
+    # port, the begin. None: not a task of either, or a cancellation due: decided below.
     job = aio_begin(begin, args, always)
     if job is None:
         loop = _get_running_loop()
         if loop is None or (current_task(loop) is None and _trio_guest()):  # trio
-            var = _trio_port_var
-            if var is None:
-                var = _trio_setup()
-            lowlevel = _trio_lowlevel
-            task = lowlevel.current_task()
-            due = _trio_cancel_due
-            if not always and due(task):
-                await lowlevel.checkpoint_if_cancelled()
-            port = var.get(None)
-            if port is None:
-                port = _trio_job_port()
-            job = begin(port, task, *args)
-            if type(job) is not _Job:
-                if job != C_WOULD_BLOCK:
-                    await lowlevel.checkpoint()
-                return job
-            # _await_trio, inline, for a job without a ticket (it never waits at the gate).
-            if job.delivered:  # by the caller's wait (see op_wait): still a schedule point
-                await lowlevel.cancel_shielded_checkpoint()
-            else:
-                await lowlevel.wait_task_rescheduled(_abort_failed)
-            result = check(job.outcome())
-            if due(task):
-                try:
-                    await lowlevel.checkpoint_if_cancelled()
-                except BaseException:
-                    if undo is not None:
-                        await _undo_trio(undo, result)
-                    raise
-            return result
+            return await _run_job_trio(begin, args, check, undo, always)
         if not always and cancel_due(current_task(loop)):
             await checkpoint_if_cancelled()
         job = begin(_asyncio_job_port(loop), loop, *args)
@@ -519,8 +543,9 @@ async def run_job(
             await anyio.lowlevel.checkpoint()
         return job
     # The job is awaited itself (see Port "job"): the port's drain wakes the task, and the
-    # await returns the committed result. A cancellation wakes the task at once (the job's
-    # cancel()); cancelled_job then waits for the job, shielded.
+    # await returns the committed result. On asyncio, a cancellation wakes the task at once
+    # (the job's cancel()); cancelled_job then waits for the job, shielded. On trio nothing
+    # interrupts the wait (its abort fails).
     try:
         result = await job
     except asyncio.CancelledError:
@@ -529,17 +554,70 @@ async def run_job(
     result = check(result)
     # A cancellation due while the job ran but not delivered yet (the result may reach the
     # task first: the order of the loop's callbacks decides, and uvloop's differs from
-    # asyncio's) is taken here, as on trio: the result is undone (if it can be) and the
+    # asyncio's; on trio, always) is taken here: the result is undone (if it can be) and the
     # cancellation propagates.
     if cancel_due(job.task):
         await late_cancel(job, undo, result)
     return result
 
 
+async def _run_job_trio(
+    begin: Callable[..., Any],
+    args: tuple[Any, ...],
+    check: Callable[[Any], Any],
+    undo: Callable[[Any], object] | None,
+    always: bool,
+) -> Any:
+    """run_job on trio where the C prologue did not begin the job: the first job of the
+    process under trio (which sets the prologue up), a cancellation due, or a trio whose
+    layout is not the one known here (its jobs are then waited for with
+    ``wait_task_rescheduled``)."""
+    var = _trio_port_var
+    if var is None:
+        var = _trio_setup()
+    lowlevel = _trio_lowlevel
+    task = lowlevel.current_task()
+    due = _trio_cancel_due
+    if not always and due(task):
+        await lowlevel.checkpoint_if_cancelled()
+    port = var.get(None)
+    if port is None:
+        port = _trio_job_port()
+    job = begin(port, task, *args)
+    if type(job) is not _Job:
+        if job != C_WOULD_BLOCK:
+            await lowlevel.checkpoint()
+        return job
+    if len(port.how) == 4:  # awaited itself
+        result = check(await job)
+    else:  # _await_trio, inline, for a job without a ticket (it never waits at the gate)
+        if job.delivered:  # by the caller's wait (see op_wait): still a schedule point
+            await lowlevel.cancel_shielded_checkpoint()
+        else:
+            await lowlevel.wait_task_rescheduled(_abort_failed)
+        result = check(job.outcome())
+    if due(task):
+        await _trio_late_cancel(undo, result)
+    return result
+
+
+async def _trio_late_cancel(undo: Callable[[Any], object] | None, result: Any) -> None:
+    """trio's checkpoint after a job whose task is to be cancelled; if it raises (a
+    cancellation, or KeyboardInterrupt for the main task), ``result`` is undone first."""
+    try:
+        await _trio_lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if undo is not None:
+            await _undo_trio(undo, result)
+        raise
+
+
 async def late_cancel(job: Any, undo: Callable[[Any], object] | None, result: Any) -> None:
-    """After a job on asyncio whose task ``cancel_due`` says is to be cancelled: the
-    checkpoint, and if it raises, ``result`` undone (shielded) before the cancellation
-    propagates."""
+    """After a job whose task ``cancel_due`` says is to be cancelled: the checkpoint, and if it
+    raises, ``result`` undone (shielded) before the cancellation propagates."""
+    if job.waiter is job.task:  # trio's (an asyncio job's waiter is its loop)
+        await _trio_late_cancel(undo, result)
+        return
     try:
         await checkpoint_if_cancelled()
     except asyncio.CancelledError:

@@ -14,7 +14,15 @@ from .._core import Mapping as CoreMapping
 from .._core._construct import NoPublicConstructor, aclose_on_exit
 from .._ffi import C_WOULD_BLOCK, aio_begin
 from .._ffi import Job as _Job
-from ._dispatch import cancel_due, cancelled_job, late_cancel, run_blocking, run_job, run_mem
+from ._dispatch import (
+    cancel_due,
+    cancelled_job,
+    ki_protected,
+    late_cancel,
+    run_blocking,
+    run_job,
+    run_mem,
+)
 
 if TYPE_CHECKING:
     from ._reservation import Reservation
@@ -140,6 +148,7 @@ class Mapping(metaclass=NoPublicConstructor):
         elif r is not None:
             core._persisted(r)
 
+    @ki_protected
     async def unmap(self) -> None:
         """Unmap from a worker thread: the range becomes an inaccessible placeholder of the
         reservation again (never a hole). Idempotent; waits for ``persist()`` calls in flight.
@@ -157,7 +166,7 @@ class Mapping(metaclass=NoPublicConstructor):
             await anyio.lowlevel.checkpoint()
             return
         job = aio_begin(core._rsv._unmap_job, (core,), True)
-        if type(job) is _Job:  # asyncio: run_job's tail, inline (every async unmap)
+        if type(job) is _Job:  # run_job's tail, inline (every async unmap)
             try:
                 r = await job
             except asyncio.CancelledError:
@@ -167,7 +176,7 @@ class Mapping(metaclass=NoPublicConstructor):
             if cancel_due(job.task):
                 await late_cancel(job, None, None)
             return
-        if job is None:  # trio, or no asyncio task
+        if job is None:  # the Python path decides (see run_job)
             r = await run_job(core._rsv._unmap_job, (core,), core._unmapped, always=True)
         else:  # a code: nothing began
             r = job

@@ -39,7 +39,15 @@ from .._core._source import FileSource, fd_error, open_error, path_flags, path_l
 from .._ffi import C_CLOSED as _C_CLOSED
 from .._ffi import C_WOULD_BLOCK, OwnedFd, aio_map_fd, reserve_job
 from .._ffi import Job as _Job
-from ._dispatch import cancel_due, cancelled_job, late_cancel, run_blocking, run_job, run_mem
+from ._dispatch import (
+    cancel_due,
+    cancelled_job,
+    ki_protected,
+    late_cancel,
+    run_blocking,
+    run_job,
+    run_mem,
+)
 from ._mapping import Mapping
 from ._opening import Opening
 
@@ -220,6 +228,7 @@ class Reservation(metaclass=NoPublicConstructor):
             raise
         return m
 
+    @ki_protected
     async def _map_file(
         self,
         file: FileSource,
@@ -230,7 +239,7 @@ class Reservation(metaclass=NoPublicConstructor):
         sharing: Sharing,
     ) -> Mapping:
         core = self._core
-        # A plain descriptor on asyncio: checks, prologue and begin in one C call, and
+        # A plain descriptor (asyncio or trio): checks, prologue and begin in one C call, and
         # run_job's tail inline (this is the path of every such map).
         job = aio_map_fd(core, file, offset, length, file_offset, protection, sharing)
         if type(job) is _Job:

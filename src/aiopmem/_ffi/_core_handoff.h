@@ -401,9 +401,16 @@ check_how(PyObject *how)
         PyErr_SetString(PyExc_ValueError, "port.how: the only string is \"job\"");
         return -1;
     }
+    if (PyTuple_Check(how) && PyTuple_GET_SIZE(how) == 4) {
+        PyObject *tag = PyTuple_GET_ITEM(how, 0);
+        if (PyUnicode_Check(tag) && PyUnicode_CompareWithASCIIString(tag, "trio") == 0 &&
+            PyCallable_Check(PyTuple_GET_ITEM(how, 1)))
+            return 0;
+    }
     if ((PyTuple_Check(how) && PyTuple_GET_SIZE(how) != 2) ||
         (how != Py_None && !PyTuple_Check(how) && !PyCallable_Check(how))) {
-        PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value) or callable");
+        PyErr_SetString(PyExc_TypeError, "port.how: None, (reschedule, Value), (\"trio\", "
+                                         "reschedule, wait, yield) or callable");
         return -1;
     }
     return 0;

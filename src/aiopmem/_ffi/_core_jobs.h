@@ -103,12 +103,15 @@ struct PortObj {
     int signaled; /* the eventfd was written since the last drain */
     int held;     /* jobs are listed, their signal held back until their batch ends */
     long listed;  /* jobs in the list (under mu) */
-    int self_await; /* how is "job": each job is awaited itself (asyncio), see op_iternext */
+    int self_await; /* each job is awaited itself (op_iternext): SELF_ASYNCIO (how "job") or
+                       SELF_TRIO (how ("trio", reschedule, wait, yield)); 0: Python-pool style */
     long last_batch; /* jobs the last drain delivered (GIL): more than one, several tasks wait */
     pthread_mutex_t mu;
     OpObj *head, *tail;
     PyObject *how;
 };
+
+enum { SELF_ASYNCIO = 1, SELF_TRIO = 2 };
 
 static PyTypeObject OpType;
 static PyTypeObject PortType;
@@ -713,12 +716,18 @@ op_await(OpObj *o)
 static PyObject *
 op_iternext(OpObj *o)
 {
+    int trio = o->port->self_await == SELF_TRIO;
     if (!o->delivered) {
+        if (trio) /* trio's WaitTaskRescheduled (the drain reschedules the task) */
+            return Py_NewRef(PyTuple_GET_ITEM(o->port->how, 2));
         o->blocking = 1;
         return Py_NewRef((PyObject *)o);
     }
-    if (o->must_yield) { /* delivered by the caller's wait: a bare yield, as asyncio.sleep(0) */
+    if (o->must_yield) { /* delivered by the caller's wait: a bare yield, as asyncio.sleep(0)
+                            (on trio, its CancelShieldedCheckpoint: a schedule point) */
         o->must_yield = 0;
+        if (trio)
+            return Py_NewRef(PyTuple_GET_ITEM(o->port->how, 3));
         Py_RETURN_NONE;
     }
     PyObject *r = op_outcome(o, NULL);
@@ -735,6 +744,18 @@ op_iternext(OpObj *o)
         Py_DECREF(stop);
     }
     return NULL;
+}
+
+/* send(value): as next() (trio resumes a task after its CancelShieldedCheckpoint with an
+   Outcome, which the await does not need). */
+static PyObject *
+op_send(OpObj *o, PyObject *value)
+{
+    (void)value;
+    PyObject *r = op_iternext(o);
+    if (r == NULL && !PyErr_Occurred())
+        PyErr_SetNone(PyExc_StopIteration);
+    return r;
 }
 
 static PyObject *
@@ -908,6 +929,7 @@ static PyAsyncMethods op_as_async = {
 
 static PyMethodDef op_methods[] = {
     {"outcome", (PyCFunction)op_outcome, METH_NOARGS, "The committed result (once delivered)."},
+    {"send", (PyCFunction)op_send, METH_O, "As next(): the value is not used."},
     {"get_loop", (PyCFunction)op_get_loop, METH_NOARGS, "The event loop it was begun on."},
     {"add_done_callback", (PyCFunction)(void (*)(void))op_add_done_callback,
      METH_FASTCALL | METH_KEYWORDS, "The awaiting task's wake-up (called by the drain)."},
@@ -978,7 +1000,9 @@ port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     p->how = Py_NewRef(how);
-    p->self_await = PyUnicode_Check(how);
+    p->self_await = PyUnicode_Check(how) ? SELF_ASYNCIO
+                    : PyTuple_GET_SIZE(how) == 4 ? SELF_TRIO
+                                                  : 0;
     pthread_mutex_lock(&ports_mu);
     p->next_port = all_ports;
     if (all_ports)
@@ -1038,7 +1062,13 @@ port_drain(PortObj *p, PyObject *unused)
         o->delivered = 1;
         p->inflight--; /* first: the task woken below may begin its next job at once */
         int rc = 0;
-        if (p->self_await) {
+        if (p->self_await == SELF_TRIO) { /* resumed with send(None): the await's next() */
+            PyObject *r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(p->how, 1), o->waiter,
+                                                       Py_None, NULL);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
+        else if (p->self_await) {
             /* The awaiting task's wake-up, called here: the drain runs as a callback of the
                loop, outside any task, as a Handle of call_soon would. */
             PyObject *cb = o->callback, *ctx = o->cb_context;
@@ -1407,12 +1437,139 @@ aio_due(PyObject *task)
     return due;
 }
 
+/* -- trio's side of the prologue --------------------------------------------------------------
+   The same on trio (set up by aio_configure_trio() on the first job of a process under trio,
+   where trio's layout is the one known here): the running task (trio's run context), whether a
+   checkpoint would raise in it (its cancel status, or a KeyboardInterrupt pending for the main
+   task; when not, the cancel point is counted as trio counts it), and the run's port (its
+   RunVar's value). The job is then awaited itself: it yields trio's WaitTaskRescheduled, and
+   the drain reschedules the task. */
+
+static struct {
+    PyObject *ctx, *var, *make_port, *task_type; /* strong */
+} trio_;
+static PyObject *small_ints[2]; /* 0 and 1 */
+static PyObject *str_task, *str_runner, *str_locals, *str_cancel_status, *str_eff_cancelled,
+    *str_ki_pending, *str_main_task, *str_cancel_points;
+
+/* aio_configure_trio(run_context, port_var, make_port, Task) */
+static PyObject *
+aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 4 || !PyCallable_Check(args[2]) || !PyType_Check(args[3]))
+        return PyErr_Format(PyExc_TypeError,
+                            "aio_configure_trio(run_context, port_var, make_port, Task)");
+    if (str_task == NULL) {
+        str_task = PyUnicode_InternFromString("task");
+        str_runner = PyUnicode_InternFromString("_runner");
+        str_locals = PyUnicode_InternFromString("_locals");
+        str_cancel_status = PyUnicode_InternFromString("_cancel_status");
+        str_eff_cancelled = PyUnicode_InternFromString("effectively_cancelled");
+        str_ki_pending = PyUnicode_InternFromString("ki_pending");
+        str_main_task = PyUnicode_InternFromString("main_task");
+        str_cancel_points = PyUnicode_InternFromString("_cancel_points");
+        if (!str_task || !str_runner || !str_locals || !str_cancel_status || !str_eff_cancelled ||
+            !str_ki_pending || !str_main_task || !str_cancel_points)
+            return NULL;
+    }
+    for (int i = 0; i < 2; i++)
+        if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL)
+            return NULL;
+    Py_XSETREF(trio_.ctx, Py_NewRef(args[0]));
+    Py_XSETREF(trio_.var, Py_NewRef(args[1]));
+    Py_XSETREF(trio_.make_port, Py_NewRef(args[2]));
+    Py_XSETREF(trio_.task_type, Py_NewRef(args[3]));
+    Py_RETURN_NONE;
+}
+
+static int
+attr_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    int t = v == NULL ? -1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return t;
+}
+
+/* 1 if trio's checkpoint_if_cancelled() would raise in `task` now, 0 if not (the cancel
+   point counted), -1 on error. */
+static int
+trio_due(PyObject *task, PyObject *runner)
+{
+    PyObject *status = PyObject_GetAttr(task, str_cancel_status);
+    int t = status == NULL ? -1 : attr_true(status, str_eff_cancelled);
+    Py_XDECREF(status);
+    if (t != 0)
+        return t;
+    t = attr_true(runner, str_ki_pending);
+    if (t != 0) {
+        if (t < 0)
+            return -1;
+        PyObject *main = PyObject_GetAttr(runner, str_main_task);
+        if (main == NULL)
+            return -1;
+        Py_DECREF(main);
+        if (main == task)
+            return 1;
+    }
+    PyObject *n = PyObject_GetAttr(task, str_cancel_points);
+    PyObject *n1 = n ? PyNumber_Add(n, small_ints[1]) : NULL;
+    Py_XDECREF(n);
+    t = n1 ? PyObject_SetAttr(task, str_cancel_points, n1) : -1;
+    Py_XDECREF(n1);
+    return t;
+}
+
+/* trio's prologue: as aio_prologue's, with the task as *loop (a job's waiter on trio). */
+static int
+trio_prologue(int always, PyObject **loop, PyObject **task, PyObject **port)
+{
+    if (trio_.ctx == NULL)
+        return 0;
+    *task = PyObject_GetAttr(trio_.ctx, str_task);
+    if (*task == NULL) { /* not in a task of a trio run: the Python path says what is wrong */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *runner = PyObject_GetAttr(*task, str_runner);
+    int due = runner == NULL ? -1 : always ? 0 : trio_due(*task, runner);
+    PyObject *locals = due == 0 ? PyObject_GetAttr(runner, str_locals) : NULL;
+    Py_XDECREF(runner);
+    *port = NULL;
+    if (locals != NULL) {
+        if (PyDict_Check(locals)) {
+            *port = Py_XNewRef(PyDict_GetItemWithError(locals, trio_.var));
+            if (*port == NULL && !PyErr_Occurred())
+                *port = PyObject_CallNoArgs(trio_.make_port);
+        }
+        else
+            PyErr_SetString(PyExc_TypeError, "trio's run locals: not a dict");
+        Py_DECREF(locals);
+    }
+    if (*port == NULL) {
+        Py_DECREF(*task);
+        return due < 0 || PyErr_Occurred() ? -1 : 0;
+    }
+    *loop = Py_NewRef(*task);
+    return 1;
+}
+
 /* aio_cancel_due(task) -> bool */
 static PyObject *
 aio_cancel_due(PyObject *module, PyObject *task)
 {
     (void)module;
-    int due = aio_due(task);
+    int due;
+    if (trio_.task_type != NULL && Py_IS_TYPE(task, (PyTypeObject *)trio_.task_type)) {
+        PyObject *runner = PyObject_GetAttr(task, str_runner);
+        due = runner == NULL ? -1 : trio_due(task, runner);
+        Py_XDECREF(runner);
+    }
+    else
+        due = aio_due(task);
     return due < 0 ? NULL : PyBool_FromLong(due);
 }
 
@@ -1439,23 +1596,23 @@ aio_port(PyObject *loop)
     return port;
 }
 
-/* The prologue (GIL held): 1 with new references to the running loop, its task and port in
-   *loop, *task, *port; 0: the Python path decides (not an asyncio task, or a cancellation
-   due: the checkpoint is Python's); -1: an exception. */
+/* The prologue (GIL held): 1 with new references to the running loop (on trio: the task),
+   its task and port in *loop, *task, *port; 0: the Python path decides (not an asyncio or
+   trio task, or a cancellation due: the checkpoint is Python's); -1: an exception. */
 static int
 aio_prologue(int always, PyObject **loop, PyObject **task, PyObject **port)
 {
     *loop = PyObject_CallNoArgs(aio.get_loop);
     if (*loop == NULL || *loop == Py_None) {
         Py_XDECREF(*loop);
-        return *loop == NULL ? -1 : 0;
+        return *loop == NULL ? -1 : trio_prologue(always, loop, task, port);
     }
     *task = PyObject_CallOneArg(aio.current_task, *loop);
     if (*task == NULL || *task == Py_None) {
         int r = *task == NULL ? -1 : 0;
         Py_XDECREF(*task);
         Py_DECREF(*loop);
-        return r;
+        return r == 0 ? trio_prologue(always, loop, task, port) : r; /* a trio guest run? */
     }
     int due = always ? 0 : aio_due(*task);
     *port = due == 0 ? aio_port(*loop) : NULL;
@@ -1586,8 +1743,6 @@ aio_fd_plain(Core *c, PyObject *const *a, PyObject **bits, int *kind)
     *kind = a[5] == aio_map.shared ? 0 : 1; /* FILE_SHARED, FILE_PRIVATE */
     return 1;
 }
-
-static PyObject *small_ints[2];
 
 /* aio_map_fd(core, file, offset, length, file_offset, protection, sharing) -> the map job
    begun (its outcome as _map_job's with check_fd), a code (nothing began), or None: the
