@@ -80,6 +80,7 @@ as_c_int(PyObject *o)
 #include "_core_jobs.h"
 #include "_core_objects.h"
 #include "_core_handoff.h"
+#include "_core_opening.h"
 
 /* =========================================================================== module ==== */
 
@@ -139,7 +140,8 @@ PyInit__core(void)
     if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&InjectionType) < 0 ||
         PyType_Ready(&CoreType) < 0 || PyType_Ready(&MapType) < 0 ||
         PyType_Ready(&TicketType) < 0 || PyType_Ready(&OwnedFdType) < 0 ||
-        PyType_Ready(&OpType) < 0 || PyType_Ready(&PortType) < 0)
+        PyType_Ready(&OpType) < 0 || PyType_Ready(&PortType) < 0 ||
+        PyType_Ready(&OpeningType) < 0)
         return NULL;
     str_extend_checked = PyUnicode_InternFromString("_extend_checked");
     str_extend_failed = PyUnicode_InternFromString("_extend_failed");
@@ -148,7 +150,8 @@ PyInit__core(void)
     if (!str_extend_checked || !str_extend_failed || !str_shrink_checked || !str_shrink_failed)
         return NULL;
     str_flush = PyUnicode_InternFromString("flush");
-    if (str_flush == NULL)
+    str_await_ = PyUnicode_InternFromString("__await__");
+    if (str_flush == NULL || str_await_ == NULL)
         return NULL;
     str_call_soon = PyUnicode_InternFromString("call_soon");
     str_context = PyUnicode_InternFromString("context");
@@ -183,7 +186,8 @@ PyInit__core(void)
         PyModule_AddObjectRef(mod, "Ticket", (PyObject *)&TicketType) < 0 ||
         PyModule_AddObjectRef(mod, "OwnedFd", (PyObject *)&OwnedFdType) < 0 ||
         PyModule_AddObjectRef(mod, "Job", (PyObject *)&OpType) < 0 ||
-        PyModule_AddObjectRef(mod, "Port", (PyObject *)&PortType) < 0) {
+        PyModule_AddObjectRef(mod, "Port", (PyObject *)&PortType) < 0 ||
+        PyModule_AddObjectRef(mod, "OpeningBase", (PyObject *)&OpeningType) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -1,8 +1,10 @@
 # The compiled state core (_core.c). Private to aiopmem: the methods of the bases are the
 # transitions the Python classes of aiopmem.sync call after validating their arguments; each
 # returns its result, or an int code (one of C_*, or an errno) that the caller raises.
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Final, final
+
+from typing_extensions import Self
 
 SC_MMAP: Final[int]
 SC_MUNMAP: Final[int]
@@ -231,6 +233,17 @@ class Job:
     def done(self) -> bool: ...
     def result(self) -> None: ...
     def exception(self) -> None: ...
+
+class OpeningBase:
+    _name: str
+    def __new__(
+        cls, factory: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], name: str, /
+    ) -> Self: ...
+    def _started(self) -> Coroutine[Any, Any, Any]: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    def send(self, value: Any, /) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
 
 @final
 class Port:
