@@ -173,6 +173,9 @@ class Mapping(metaclass=NoPublicConstructor):
                 await cancelled_job(job.waiter, job, None, core._unmapped)
                 raise
             core._unmapped(r)
+            # Unmapped: nothing finds the core again, so it lets go of this face (the two
+            # would otherwise be a cycle that only the garbage collector frees, per mapping).
+            core._facade = None
             if cancel_due(job.task):
                 await late_cancel(job, None, None)
             return
@@ -186,6 +189,7 @@ class Mapping(metaclass=NoPublicConstructor):
             await run_blocking(core.unmap, always=True)
         elif r is not None:
             core._unmapped(r)
+        core._facade = None  # unmapped (see above)
 
     aclose = unmap
 
