@@ -438,8 +438,10 @@ _trio_how: Any = None
 def _trio_self_await(lowlevel: Any) -> tuple[Any, ...] | None:
     """What a job awaited itself on trio needs, checked against the running trio (called in a
     task of a run): its run context (the running task, and the runner with the RunVars'
-    values), the messages a task yields to wait and to yield, and its Task class; None where
-    trio's layout is not the one known here."""
+    values) and the messages a task yields to wait and to yield; None where trio's layout is
+    not the one known here. (What is not checked here is trio's resume protocol: that the
+    value given to ``reschedule`` reaches ``coro.send`` as it is, and that a
+    CancelShieldedCheckpoint is told by identity; both hold for every trio this supports.)"""
     try:
         from trio._core._run import GLOBAL_RUN_CONTEXT
         from trio._core._traps import CancelShieldedCheckpoint, WaitTaskRescheduled

@@ -362,7 +362,8 @@ out:
 
 /* Wake the task that waits for a finished job: `how` is None for an asyncio future (set its
    result unless it is done: a cancelled waiter re-waits), (reschedule, Value) for a trio task,
-   or a callable that takes the job (a port without an event loop). */
+   or a callable that takes the job (a port without an event loop). (A C port's ("trio", ...)
+   and "job" are its drain's own: see port_drain.) */
 static PyObject *str_done, *str_set_result;
 
 static int
@@ -450,6 +451,10 @@ deliver_all(PyObject *module, PyObject *port)
     Py_DECREF(rel);
     PyObject *done = PyObject_GetAttrString(port, "done");
     PyObject *how = done ? PyObject_GetAttrString(port, "how") : NULL;
+    if (how != NULL && (PyUnicode_Check(how) || (PyTuple_Check(how) && PyTuple_GET_SIZE(how) == 4))) {
+        PyErr_SetString(PyExc_TypeError, "deliver_all: the how of a C port");
+        Py_CLEAR(how);
+    }
     if (how == NULL || check_how(how) < 0) {
         Py_XDECREF(how);
         Py_XDECREF(done);

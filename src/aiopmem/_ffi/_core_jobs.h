@@ -66,12 +66,13 @@ typedef struct OpObj {
     Core *core;
     MapObj *m;
     PortObj *port;
-    PyObject *waiter; /* the task's future or task; for a job awaited itself: its loop */
+    PyObject *waiter; /* the task's future or task; for a job awaited itself: its loop
+                         (asyncio) or its task (trio) */
     PyObject *result; /* after the commit: the mapping, or an int code */
     /* A job awaited itself (its port's `how` is "job"): the one done callback (the awaiting
        task's wake-up), its context, and asyncio's _asyncio_future_blocking flag. */
     PyObject *callback, *cb_context;
-    PyObject *task; /* begun by aio_begin: the asyncio task it was begun for */
+    PyObject *task; /* begun by aio_begin: the (asyncio or trio) task it was begun for */
     PyObject *cancel_msg; /* cancel()'s message, for the CancelledError result() raises */
     char blocking;
     char cancel_pending; /* cancel() woke the task: its result() raises CancelledError once */
@@ -699,13 +700,16 @@ op_outcome(OpObj *o, PyObject *unused)
     return Py_NewRef(o->result);
 }
 
-/* -- a job awaited itself (asyncio) ------------------------------------------------------
-   `await job` yields the job to the task, which takes it for a future (the protocol of
-   asyncio.Task: _asyncio_future_blocking, get_loop, add_done_callback, cancel): the task
+/* -- a job awaited itself -------------------------------------------------------------------
+   asyncio: `await job` yields the job to the task, which takes it for a future (the protocol
+   of asyncio.Task: _asyncio_future_blocking, get_loop, add_done_callback, cancel): the task
    registers its wake-up, which the port's drain calls at once (no future, no call_soon and no
    Handle per job). Its cancel() wakes the task at once with CancelledError and leaves the job
    running (a job is never abandoned: the task waits for it again, shielded). Once delivered,
-   the await returns the outcome. */
+   the await returns the outcome. trio (a port whose how is ("trio", reschedule, wait, yield)):
+   `await job` yields trio's WaitTaskRescheduled message (its abort fails: nothing interrupts
+   the wait), and the drain reschedules the task, which trio resumes with send(None): the
+   await then returns the outcome. */
 
 static PyObject *
 op_await(OpObj *o)
@@ -930,7 +934,8 @@ static PyAsyncMethods op_as_async = {
 static PyMethodDef op_methods[] = {
     {"outcome", (PyCFunction)op_outcome, METH_NOARGS, "The committed result (once delivered)."},
     {"send", (PyCFunction)op_send, METH_O, "As next(): the value is not used."},
-    {"get_loop", (PyCFunction)op_get_loop, METH_NOARGS, "The event loop it was begun on."},
+    {"get_loop", (PyCFunction)op_get_loop, METH_NOARGS,
+     "The event loop it was begun on (on trio: its task)."},
     {"add_done_callback", (PyCFunction)(void (*)(void))op_add_done_callback,
      METH_FASTCALL | METH_KEYWORDS, "The awaiting task's wake-up (called by the drain)."},
     {"remove_done_callback", (PyCFunction)op_remove_done_callback, METH_O, NULL},
@@ -949,7 +954,7 @@ static PyMemberDef op_members[] = {
     {"delivered", T_BOOL, offsetof(OpObj, delivered), READONLY,
      "committed and handed to its waiter"},
     {"task", T_OBJECT, offsetof(OpObj, task), READONLY,
-     "the asyncio task aio_begin began it for (else None)"},
+     "the asyncio or trio task aio_begin began it for (else None)"},
     {"_asyncio_future_blocking", T_BOOL, offsetof(OpObj, blocking), 0,
      "asyncio's flag: set while a task is to wait for it"},
     {NULL},
@@ -1000,9 +1005,9 @@ port_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         return NULL;
     }
     p->how = Py_NewRef(how);
-    p->self_await = PyUnicode_Check(how) ? SELF_ASYNCIO
-                    : PyTuple_GET_SIZE(how) == 4 ? SELF_TRIO
-                                                  : 0;
+    p->self_await = PyUnicode_Check(how)                              ? SELF_ASYNCIO
+                    : PyTuple_Check(how) && PyTuple_GET_SIZE(how) == 4 ? SELF_TRIO
+                                                                       : 0;
     pthread_mutex_lock(&ports_mu);
     p->next_port = all_ports;
     if (all_ports)
@@ -1062,13 +1067,13 @@ port_drain(PortObj *p, PyObject *unused)
         o->delivered = 1;
         p->inflight--; /* first: the task woken below may begin its next job at once */
         int rc = 0;
-        if (p->self_await == SELF_TRIO) { /* resumed with send(None): the await's next() */
+        if (p->self_await == SELF_TRIO && o->waiter != NULL) { /* resumed with send(None) */
             PyObject *r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(p->how, 1), o->waiter,
                                                        Py_None, NULL);
             rc = r == NULL ? -1 : 0;
             Py_XDECREF(r);
         }
-        else if (p->self_await) {
+        else if (p->self_await == SELF_ASYNCIO) {
             /* The awaiting task's wake-up, called here: the drain runs as a callback of the
                loop, outside any task, as a Handle of call_soon would. */
             PyObject *cb = o->callback, *ctx = o->cb_context;
@@ -1087,7 +1092,7 @@ port_drain(PortObj *p, PyObject *unused)
             Py_XDECREF(cb);
             Py_XDECREF(ctx);
         }
-        else if (o->waiter != NULL)
+        else if (!p->self_await && o->waiter != NULL)
             rc = wake_waiter(o->waiter, p->how, (PyObject *)o);
         if (rc < 0) {
             if (type == NULL)
@@ -1352,8 +1357,9 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* -- the asyncio prologue of a job ------------------------------------------------------------
-   What the async API does on asyncio before every job, as one C call (as Python it was about
+/* -- the prologue of a job --------------------------------------------------------------------
+   What the async API does on asyncio (and on trio: see trio's side below) before every job, as
+   one C call (as Python it was about
    a quarter of the loop's work per operation): find the running loop and task, ask whether a
    cancellation is due (anyio's walk over the task's cancel scopes: the innermost scope out, up
    to a shield), find the loop's port, and begin. Set up once by aio_configure() from Python,
@@ -1460,19 +1466,18 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 4 || !PyCallable_Check(args[2]) || !PyType_Check(args[3]))
         return PyErr_Format(PyExc_TypeError,
                             "aio_configure_trio(run_context, port_var, make_port, Task)");
-    if (str_task == NULL) {
-        str_task = PyUnicode_InternFromString("task");
-        str_runner = PyUnicode_InternFromString("_runner");
-        str_locals = PyUnicode_InternFromString("_locals");
-        str_cancel_status = PyUnicode_InternFromString("_cancel_status");
-        str_eff_cancelled = PyUnicode_InternFromString("effectively_cancelled");
-        str_ki_pending = PyUnicode_InternFromString("ki_pending");
-        str_main_task = PyUnicode_InternFromString("main_task");
-        str_cancel_points = PyUnicode_InternFromString("_cancel_points");
-        if (!str_task || !str_runner || !str_locals || !str_cancel_status || !str_eff_cancelled ||
-            !str_ki_pending || !str_main_task || !str_cancel_points)
+    static const struct {
+        PyObject **s;
+        const char *text;
+    } names[] = {
+        {&str_task, "task"}, {&str_runner, "_runner"}, {&str_locals, "_locals"},
+        {&str_cancel_status, "_cancel_status"}, {&str_eff_cancelled, "effectively_cancelled"},
+        {&str_ki_pending, "ki_pending"}, {&str_main_task, "main_task"},
+        {&str_cancel_points, "_cancel_points"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (*names[i].s == NULL && (*names[i].s = PyUnicode_InternFromString(names[i].text)) == NULL)
             return NULL;
-    }
     for (int i = 0; i < 2; i++)
         if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL)
             return NULL;
@@ -1638,8 +1643,8 @@ aio_begun(PyObject *job, PyObject *loop, PyObject *task, PyObject *port)
 }
 
 /* aio_begin(begin, args, always) -> the job begun (its .task set), what begin returned instead
-   of a job (a code: nothing began), or None: the Python path decides (no running asyncio task,
-   a cancellation due, anyio's task states unknown). */
+   of a job (a code: nothing began), or None: the Python path decides (no running asyncio or
+   trio task, a cancellation due, anyio's task states unknown, trio's side not set up). */
 static PyObject *
 aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1671,7 +1676,7 @@ aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return aio_begun(job, loop, task, port);
 }
 
-/* -- the map of a plain descriptor on asyncio, in one C call ----------------------------------
+/* -- the map of a plain descriptor (asyncio or trio), in one C call ---------------------------
    map_file(fd, offset, length=..., ...) with every argument of its plain type and in range
    (what Reservation._fd_plan accepts) is the path of every such async map: its checks, the
    prologue and the begin here. Set up by aio_configure_map() with the core's Mapping class,
@@ -1746,7 +1751,7 @@ aio_fd_plain(Core *c, PyObject *const *a, PyObject **bits, int *kind)
 
 /* aio_map_fd(core, file, offset, length, file_offset, protection, sharing) -> the map job
    begun (its outcome as _map_job's with check_fd), a code (nothing began), or None: the
-   Python path (arguments not plain, not an asyncio task, a cancellation due). */
+   Python path (arguments not plain, no task the prologue knows, a cancellation due). */
 static PyObject *
 aio_map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
