@@ -79,15 +79,16 @@ def _asyncio_current_task() -> Callable[[asyncio.AbstractEventLoop], asyncio.Tas
 current_task = _asyncio_current_task()
 
 
-def _anyio_task_states() -> dict[Any, Any] | None:
+def _anyio_task_states() -> tuple[dict[Any, Any] | None, type | None, type | None]:
     """anyio's task states on asyncio (a weak dictionary's data, keyed by weak references to
-    the tasks), where a task's innermost cancel scope is found, or None where anyio's layout is
-    not the one known here. With them, the C prologue (``aio_begin``) and ``cancel_due`` tell
-    whether ``checkpoint_if_cancelled()`` would raise in a task by anyio's own walk (the
-    innermost scope outwards, up to a shield) without making and awaiting a coroutine; without,
-    they always say yes (the real checkpoint then decides)."""
+    the tasks), where a task's innermost cancel scope is found, and the classes of its cancel
+    scopes and task states (whose slots the C walk reads directly), or Nones where anyio's
+    layout is not the one known here. With them, the C prologue (``aio_begin``) and
+    ``cancel_due`` tell whether ``checkpoint_if_cancelled()`` would raise in a task by anyio's
+    own walk (the innermost scope outwards, up to a shield) without making and awaiting a
+    coroutine; without, they always say yes (the real checkpoint then decides)."""
     try:
-        from anyio._backends._asyncio import CancelScope, _task_states
+        from anyio._backends._asyncio import CancelScope, TaskState, _task_states
 
         scope = CancelScope()
         if not (
@@ -98,9 +99,9 @@ def _anyio_task_states() -> dict[Any, Any] | None:
         ):
             raise LookupError
     except Exception:  # another anyio
-        return None
+        return None, None, None
     data: dict[Any, Any] = _task_states.data  # type: ignore[attr-defined]
-    return data
+    return data, CancelScope, TaskState
 
 
 #: Whether the asyncio task (see above), or the trio task once trio's side of the prologue is
@@ -336,7 +337,8 @@ def _asyncio_job_port(loop: asyncio.AbstractEventLoop) -> JobPort:
     return port
 
 
-aio_configure(_get_running_loop, current_task, _anyio_task_states(), _asyncio_job_port)
+_states, _scope_type, _state_type = _anyio_task_states()
+aio_configure(_get_running_loop, current_task, _states, _asyncio_job_port, _scope_type, _state_type)
 
 
 async def cancelled_job(

@@ -108,7 +108,8 @@ static PyMethodDef module_methods[] = {
     {"executor_stats", (PyCFunction)executor_stats, METH_NOARGS,
      "executor_stats() -> the executor's counters (threads, idle, running, ...)"},
     {"aio_configure", (PyCFunction)(void (*)(void))aio_configure, METH_FASTCALL,
-     "aio_configure(get_running_loop, current_task, states, make_port): the asyncio prologue's objects"},
+     "aio_configure(get_running_loop, current_task, states, make_port, CancelScope, TaskState): "
+     "the asyncio prologue's objects"},
     {"aio_begin", (PyCFunction)(void (*)(void))aio_begin, METH_FASTCALL,
      "aio_begin(begin, args, always) -> the job, a code, or None (the Python path decides)"},
     {"aio_configure_map", (PyCFunction)(void (*)(void))aio_configure_map, METH_FASTCALL,

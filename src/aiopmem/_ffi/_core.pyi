@@ -263,6 +263,8 @@ def aio_configure(
     current_task: Callable[[Any], Any],
     states: dict[Any, Any] | None,
     make_port: Callable[[Any], Port],
+    scope_type: type | None,
+    state_type: type | None,
     /,
 ) -> None: ...
 def aio_begin(begin: Callable[..., Any], args: tuple[Any, ...], always: bool, /) -> Any: ...

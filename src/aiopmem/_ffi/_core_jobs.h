@@ -1369,18 +1369,50 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static struct {
     PyObject *get_loop, *current_task, *states, *make_port; /* strong */
     PyObject *loop_ref, *port_ref;                          /* the last loop and its port, weakly */
+    /* anyio's CancelScope and TaskState (strong), and where their slots are (-1: unknown):
+       the walk reads them directly from an object of exactly that type. */
+    PyTypeObject *scope_type, *state_type;
+    Py_ssize_t off_cancel_scope, off_cancel_called, off_shield, off_parent_scope;
 } aio;
 static PyObject *str_cancel_scope, *str_cancel_called, *str_shield, *str_parent_scope;
 
-/* aio_configure(get_running_loop, current_task, states or None, make_port) */
+/* Where the slot `name` of `tp` (a __slots__ member holding an object) is, or -1. */
+static Py_ssize_t
+slot_offset(PyTypeObject *tp, PyObject *name)
+{
+    PyObject *d = tp == NULL ? NULL : PyDict_GetItemWithError(tp->tp_dict, name); /* borrowed */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    return (m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY) ? m->offset
+                                                                                   : -1;
+}
+
+/* obj.<name> (a new reference): read from the slot when obj is exactly of type tp. */
+static inline PyObject *
+slot_get(PyObject *obj, PyTypeObject *tp, Py_ssize_t off, PyObject *name)
+{
+    if (off >= 0 && Py_IS_TYPE(obj, tp)) {
+        PyObject *v = *(PyObject **)((char *)obj + off);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name); /* (an unset slot: its AttributeError) */
+}
+
+/* aio_configure(get_running_loop, current_task, states or None, make_port, CancelScope or
+   None, TaskState or None) */
 static PyObject *
 aio_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
-        (args[2] != Py_None && !PyDict_Check(args[2])) || !PyCallable_Check(args[3]))
-        return PyErr_Format(PyExc_TypeError,
-                            "aio_configure(get_running_loop, current_task, states, make_port)");
+    if (nargs != 6 || !PyCallable_Check(args[0]) || !PyCallable_Check(args[1]) ||
+        (args[2] != Py_None && !PyDict_Check(args[2])) || !PyCallable_Check(args[3]) ||
+        (args[4] != Py_None && !PyType_Check(args[4])) || (args[5] != Py_None && !PyType_Check(args[5])))
+        return PyErr_Format(PyExc_TypeError, "aio_configure(get_running_loop, current_task, "
+                                             "states, make_port, CancelScope, TaskState)");
     if (str_cancel_scope == NULL) {
         str_cancel_scope = PyUnicode_InternFromString("cancel_scope");
         str_cancel_called = PyUnicode_InternFromString("_cancel_called");
@@ -1393,6 +1425,12 @@ aio_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(aio.current_task, Py_NewRef(args[1]));
     Py_XSETREF(aio.states, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
     Py_XSETREF(aio.make_port, Py_NewRef(args[3]));
+    Py_XSETREF(aio.scope_type, args[4] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[4]));
+    Py_XSETREF(aio.state_type, args[5] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[5]));
+    aio.off_cancel_scope = slot_offset(aio.state_type, str_cancel_scope);
+    aio.off_cancel_called = slot_offset(aio.scope_type, str_cancel_called);
+    aio.off_shield = slot_offset(aio.scope_type, str_shield);
+    aio.off_parent_scope = slot_offset(aio.scope_type, str_parent_scope);
     Py_CLEAR(aio.loop_ref);
     Py_CLEAR(aio.port_ref);
     Py_RETURN_NONE;
@@ -1415,25 +1453,26 @@ aio_due(PyObject *task)
     if (state == NULL)
         return PyErr_Occurred() ? -1 : 0;
     Py_INCREF(state);
-    PyObject *scope = PyObject_GetAttr(state, str_cancel_scope);
+    PyObject *scope = slot_get(state, aio.state_type, aio.off_cancel_scope, str_cancel_scope);
     Py_DECREF(state);
+    PyTypeObject *st = aio.scope_type;
     int due = 0;
     while (scope != NULL && scope != Py_None) {
-        PyObject *v = PyObject_GetAttr(scope, str_cancel_called);
-        int t = v == NULL ? -1 : PyObject_IsTrue(v);
+        PyObject *v = slot_get(scope, st, aio.off_cancel_called, str_cancel_called);
+        int t = v == NULL ? -1 : v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
         Py_XDECREF(v);
         if (t != 0) {
             due = t;
             break;
         }
-        v = PyObject_GetAttr(scope, str_shield);
-        t = v == NULL ? -1 : PyObject_IsTrue(v);
+        v = slot_get(scope, st, aio.off_shield, str_shield);
+        t = v == NULL ? -1 : v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
         Py_XDECREF(v);
         if (t != 0) {
             due = t < 0 ? -1 : 0;
             break;
         }
-        PyObject *parent = PyObject_GetAttr(scope, str_parent_scope);
+        PyObject *parent = slot_get(scope, st, aio.off_parent_scope, str_parent_scope);
         Py_DECREF(scope);
         scope = parent;
     }
