@@ -406,7 +406,7 @@ async def _run_cancelled(
             return await real_job(begun, args, *rest, **kwargs)
 
         def c_then_cancel(real_c: Callable[..., Any]) -> Callable[..., Any]:
-            # The C paths (aio_map_fd, and aio_begin of an unmap) begin the job themselves.
+            # The C paths (aio_map_fd, and aio_unmap) begin the job themselves.
             def begun(*a: Any) -> Any:
                 job = real_c(*a)
                 if type(job) is _ffi.Job:
@@ -419,7 +419,7 @@ async def _run_cancelled(
             monkeypatch.setattr(module, "run_blocking", then_cancel)
             monkeypatch.setattr(module, "run_job", job_then_cancel)
         monkeypatch.setattr(async_reservation_module, "aio_map_fd", c_then_cancel(_ffi.aio_map_fd))
-        monkeypatch.setattr(async_mapping_module, "aio_begin", c_then_cancel(_ffi.aio_begin))
+        monkeypatch.setattr(async_mapping_module, "aio_unmap", c_then_cancel(_ffi.aio_unmap))
         with scope:
             await call()
         cancelled = scope.cancelled_caught

@@ -12,7 +12,7 @@ import anyio
 from .._core import Advice, Granularity, Protection, Sharing
 from .._core import Mapping as CoreMapping
 from .._core._construct import NoPublicConstructor, aclose_on_exit
-from .._ffi import C_WOULD_BLOCK, aio_begin
+from .._ffi import C_WOULD_BLOCK, aio_unmap
 from .._ffi import Job as _Job
 from ._dispatch import (
     cancel_due,
@@ -46,16 +46,6 @@ class Mapping(metaclass=NoPublicConstructor):
     def __init__(self, core: CoreMapping, rsv: Reservation) -> None:
         self._core = core
         self._rsv = rsv
-
-    @classmethod
-    def _facade_of(cls, core: CoreMapping, rsv: Reservation) -> Mapping:
-        """The async face of ``core``, made once (the core keeps it), without the metaclass's
-        ``_create``: this is on the path of every async map."""
-        m = _new(cls)
-        m._core = core
-        m._rsv = rsv
-        core._facade = m
-        return m
 
     # -- attributes (plain, non-blocking) ----------------------------------------------------
 
@@ -165,14 +155,15 @@ class Mapping(metaclass=NoPublicConstructor):
         if core.closed:
             await anyio.lowlevel.checkpoint()
             return
-        job = aio_begin(core._rsv._unmap_job, (core,), True)
+        job = aio_unmap(core)  # aio_begin(core._rsv._unmap_job, (core,), True)
         if type(job) is _Job:  # run_job's tail, inline (every async unmap)
             try:
                 r = await job
             except asyncio.CancelledError:
                 await cancelled_job(job.waiter, job, None, core._unmapped)
                 raise
-            core._unmapped(r)
+            if r:
+                core._unmapped(r)
             # Unmapped: nothing finds the core again, so it lets go of this face (the two
             # would otherwise be a cycle that only the garbage collector frees, per mapping).
             core._facade = None
@@ -297,3 +288,13 @@ class Mapping(metaclass=NoPublicConstructor):
         tb: TracebackType | None,
     ) -> None:
         await aclose_on_exit(self, self.unmap, exc)
+
+
+def facade_of(core: CoreMapping, rsv: Reservation) -> Mapping:
+    """The async face of ``core``, made once (the core keeps it until it is unmapped), without
+    the metaclass's ``_create``: this is on the path of every async map."""
+    m: Mapping = _new(Mapping)
+    m._core = core
+    m._rsv = rsv
+    core._facade = m
+    return m

@@ -48,7 +48,7 @@ from ._dispatch import (
     run_job,
     run_mem,
 )
-from ._mapping import Mapping
+from ._mapping import Mapping, facade_of
 from ._opening import Opening
 
 __all__ = ["Reservation", "reserve"]
@@ -133,7 +133,7 @@ class Reservation(metaclass=NoPublicConstructor):
             return None
         facade = core._facade
         if facade is None:
-            facade = Mapping._facade_of(core, self)
+            facade = facade_of(core, self)
         return facade  # type: ignore[return-value]
 
     def find(self, offset: int, length: int = 0) -> Mapping | None:
@@ -243,13 +243,17 @@ class Reservation(metaclass=NoPublicConstructor):
         # run_job's tail inline (this is the path of every such map).
         job = aio_map_fd(core, file, offset, length, file_offset, protection, sharing)
         if type(job) is _Job:
-            given = (file, offset, length, file_offset, protection, sharing)
             try:
                 r = await job
             except asyncio.CancelledError:
+                given = (file, offset, length, file_offset, protection, sharing)
                 await cancelled_job(job.waiter, job, _unmap_facade, partial(self._fd_mapped, given))
                 raise
-            facade = self._fd_mapped(given, r)
+            if type(r) is _MAPPING:
+                facade = facade_of(r, self)
+            else:  # the error
+                given = (file, offset, length, file_offset, protection, sharing)
+                facade = self._fd_mapped(given, r)
             if cancel_due(job.task):
                 await late_cancel(job, _unmap_facade, facade)
             return facade

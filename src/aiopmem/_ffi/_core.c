@@ -117,6 +117,8 @@ static PyMethodDef module_methods[] = {
     {"aio_map_fd", (PyCFunction)(void (*)(void))aio_map_fd, METH_FASTCALL,
      "aio_map_fd(core, file, offset, length, file_offset, protection, sharing) -> the job, a "
      "code, or None (the Python path)"},
+    {"aio_unmap", (PyCFunction)aio_unmap, METH_O,
+     "aio_unmap(mapping) -> its unmap job, a code, or None (the Python path decides)"},
     {"aio_cancel_due", (PyCFunction)aio_cancel_due, METH_O,
      "aio_cancel_due(task) -> whether a checkpoint would raise in the asyncio or trio task"},
     {"aio_configure_trio", (PyCFunction)(void (*)(void))aio_configure_trio, METH_FASTCALL,

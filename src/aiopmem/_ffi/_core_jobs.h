@@ -1715,6 +1715,31 @@ aio_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return aio_begun(job, loop, task, port);
 }
 
+/* aio_unmap(m) -> as aio_begin(m's reservation's _unmap_job, (m,), True), in one call: the
+   path of every async unmap. */
+static PyObject *
+aio_unmap(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyObject_TypeCheck(arg, &MapType) || aio.get_loop == NULL)
+        return PyErr_Format(PyExc_TypeError, "aio_unmap(mapping) after aio_configure");
+    PyObject *rsv = ((MapObj *)arg)->rsv;
+    if (rsv == NULL || !PyObject_TypeCheck(rsv, &CoreType))
+        Py_RETURN_NONE; /* the Python path says what is wrong */
+    PyObject *loop, *task, *port;
+    int r = aio_prologue(1, &loop, &task, &port);
+    if (r <= 0) {
+        if (r < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(rsv); /* (the mapping keeps it; held across the begin all the same) */
+    PyObject *a[3] = {port, loop, arg};
+    PyObject *job = core_unmap_job((Core *)rsv, a, 3);
+    Py_DECREF(rsv);
+    return aio_begun(job, loop, task, port);
+}
+
 /* -- the map of a plain descriptor (asyncio or trio), in one C call ---------------------------
    map_file(fd, offset, length=..., ...) with every argument of its plain type and in range
    (what Reservation._fd_plan accepts) is the path of every such async map: its checks, the
