@@ -440,8 +440,9 @@ _trio_how: Any = None
 def _trio_self_await(lowlevel: Any) -> tuple[Any, ...] | None:
     """What a job awaited itself on trio needs, checked against the running trio (called in a
     task of a run): its run context (the running task, and the runner with the RunVars'
-    values) and the messages a task yields to wait and to yield; None where trio's layout is
-    not the one known here. (What is not checked here is trio's resume protocol: that the
+    values), the messages a task yields to wait and to yield, and the classes of its tasks,
+    cancel statuses and runner (whose slots the C prologue reads directly); None where trio's
+    layout is not the one known here. (What is not checked here is trio's resume protocol: that the
     value given to ``reschedule`` reaches ``coro.send`` as it is, and that a
     CancelShieldedCheckpoint is told by identity; both hold for every trio this supports.)"""
     try:
@@ -459,7 +460,8 @@ def _trio_self_await(lowlevel: Any) -> tuple[Any, ...] | None:
             raise LookupError
     except Exception:  # another trio
         return None
-    return GLOBAL_RUN_CONTEXT, WaitTaskRescheduled(_abort_failed), CancelShieldedCheckpoint
+    classes = (lowlevel.Task, type(task._cancel_status), type(task._runner))
+    return GLOBAL_RUN_CONTEXT, WaitTaskRescheduled(_abort_failed), CancelShieldedCheckpoint, classes
 
 
 def _trio_setup() -> Any:
@@ -478,14 +480,14 @@ def _trio_setup() -> Any:
             var: Any = lowlevel.RunVar("aiopmem job port")
             known = _trio_self_await(lowlevel)
             if known is not None and _trio_cancel_due is not _always_due:
-                context, wait, yield_ = known
+                context, wait, yield_, classes = known
                 _trio_how = ("trio", lowlevel.reschedule, wait, yield_)
             else:
                 _trio_how = (lowlevel.reschedule, outcome.Value)
             _trio_lowlevel = lowlevel
             _trio_port_var = var
             if len(_trio_how) == 4:  # last: the C prologue may make a port at once
-                aio_configure_trio(context, var, _trio_job_port, lowlevel.Task)
+                aio_configure_trio(context, var, _trio_job_port, *classes)
         return _trio_port_var
 
 

@@ -122,7 +122,8 @@ static PyMethodDef module_methods[] = {
     {"aio_cancel_due", (PyCFunction)aio_cancel_due, METH_O,
      "aio_cancel_due(task) -> whether a checkpoint would raise in the asyncio or trio task"},
     {"aio_configure_trio", (PyCFunction)(void (*)(void))aio_configure_trio, METH_FASTCALL,
-     "aio_configure_trio(run_context, port_var, make_port, Task): trio's prologue objects"},
+     "aio_configure_trio(run_context, port_var, make_port, Task, CancelStatus, Runner): trio's "
+     "prologue objects"},
     {"executor_configure", (PyCFunction)(void (*)(void))executor_configure, METH_FASTCALL,
      "executor_configure(max_workers, idle_exit, spin=None, wait=None): None keeps a setting"},
     {"open_path", (PyCFunction)(void (*)(void))open_path, METH_FASTCALL,

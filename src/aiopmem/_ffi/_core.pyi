@@ -271,7 +271,13 @@ def aio_begin(begin: Callable[..., Any], args: tuple[Any, ...], always: bool, /)
 def aio_cancel_due(task: Any, /) -> bool: ...
 def aio_unmap(mapping: MappingBase, /) -> Any: ...
 def aio_configure_trio(
-    run_context: Any, port_var: Any, make_port: Callable[[], Port], task_type: type, /
+    run_context: Any,
+    port_var: Any,
+    make_port: Callable[[], Port],
+    task_type: type,
+    status_type: type,
+    runner_type: type,
+    /,
 ) -> None: ...
 def aio_configure_map(
     cls: type, protection: type, sharing: type, shared: Any, bits: tuple[int, ...], mask: int, /

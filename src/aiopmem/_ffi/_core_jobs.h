@@ -1369,38 +1369,69 @@ executor_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static struct {
     PyObject *get_loop, *current_task, *states, *make_port; /* strong */
     PyObject *loop_ref, *port_ref;                          /* the last loop and its port, weakly */
-    /* anyio's CancelScope and TaskState (strong), and where their slots are (-1: unknown):
-       the walk reads them directly from an object of exactly that type. */
-    PyTypeObject *scope_type, *state_type;
-    Py_ssize_t off_cancel_scope, off_cancel_called, off_shield, off_parent_scope;
+    PyTypeObject *scope_type, *state_type; /* anyio's CancelScope and TaskState (strong) */
 } aio;
 static PyObject *str_cancel_scope, *str_cancel_called, *str_shield, *str_parent_scope;
 
-/* Where the slot `name` of `tp` (a __slots__ member holding an object) is, or -1. */
-static Py_ssize_t
-slot_offset(PyTypeObject *tp, PyObject *name)
+/* An attribute read (and written) straight from its slot when the object is exactly of the
+   type whose __slots__ member it is (located once: slot_locate), else by name. */
+typedef struct {
+    PyTypeObject *tp; /* borrowed from the configuration, which holds the type */
+    Py_ssize_t off;   /* -1: unknown, by name only */
+    PyObject *name;
+} Slot;
+
+static void
+slot_locate(Slot *s, PyTypeObject *tp, PyObject *name)
 {
+    s->tp = tp;
+    s->off = -1;
+    s->name = name;
     PyObject *d = tp == NULL ? NULL : PyDict_GetItemWithError(tp->tp_dict, name); /* borrowed */
     if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
         PyErr_Clear();
-        return -1;
+        return;
     }
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    return (m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY) ? m->offset
-                                                                                   : -1;
+    if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY))
+        s->off = m->offset;
 }
 
-/* obj.<name> (a new reference): read from the slot when obj is exactly of type tp. */
+/* obj.<name>, a new reference. */
 static inline PyObject *
-slot_get(PyObject *obj, PyTypeObject *tp, Py_ssize_t off, PyObject *name)
+slot_get(PyObject *obj, const Slot *s)
 {
-    if (off >= 0 && Py_IS_TYPE(obj, tp)) {
-        PyObject *v = *(PyObject **)((char *)obj + off);
+    if (s->off >= 0 && Py_IS_TYPE(obj, s->tp)) {
+        PyObject *v = *(PyObject **)((char *)obj + s->off);
         if (v != NULL)
             return Py_NewRef(v);
     }
-    return PyObject_GetAttr(obj, name); /* (an unset slot: its AttributeError) */
+    return PyObject_GetAttr(obj, s->name); /* (an unset slot: its AttributeError) */
 }
+
+/* obj.<name> = v (v borrowed); 0 or -1. */
+static inline int
+slot_set(PyObject *obj, const Slot *s, PyObject *v)
+{
+    if (s->off >= 0 && Py_IS_TYPE(obj, s->tp)) {
+        PyObject **at = (PyObject **)((char *)obj + s->off);
+        Py_XSETREF(*at, Py_NewRef(v));
+        return 0;
+    }
+    return PyObject_SetAttr(obj, s->name, v);
+}
+
+/* Whether obj.<name> is true: 1, 0, or -1. */
+static inline int
+slot_true(PyObject *obj, const Slot *s)
+{
+    PyObject *v = slot_get(obj, s);
+    int t = v == NULL ? -1 : v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
+    Py_XDECREF(v);
+    return t;
+}
+
+static Slot sl_cancel_scope, sl_cancel_called, sl_shield, sl_parent_scope;
 
 /* aio_configure(get_running_loop, current_task, states or None, make_port, CancelScope or
    None, TaskState or None) */
@@ -1427,10 +1458,10 @@ aio_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(aio.make_port, Py_NewRef(args[3]));
     Py_XSETREF(aio.scope_type, args[4] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[4]));
     Py_XSETREF(aio.state_type, args[5] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[5]));
-    aio.off_cancel_scope = slot_offset(aio.state_type, str_cancel_scope);
-    aio.off_cancel_called = slot_offset(aio.scope_type, str_cancel_called);
-    aio.off_shield = slot_offset(aio.scope_type, str_shield);
-    aio.off_parent_scope = slot_offset(aio.scope_type, str_parent_scope);
+    slot_locate(&sl_cancel_scope, aio.state_type, str_cancel_scope);
+    slot_locate(&sl_cancel_called, aio.scope_type, str_cancel_called);
+    slot_locate(&sl_shield, aio.scope_type, str_shield);
+    slot_locate(&sl_parent_scope, aio.scope_type, str_parent_scope);
     Py_CLEAR(aio.loop_ref);
     Py_CLEAR(aio.port_ref);
     Py_RETURN_NONE;
@@ -1453,26 +1484,21 @@ aio_due(PyObject *task)
     if (state == NULL)
         return PyErr_Occurred() ? -1 : 0;
     Py_INCREF(state);
-    PyObject *scope = slot_get(state, aio.state_type, aio.off_cancel_scope, str_cancel_scope);
+    PyObject *scope = slot_get(state, &sl_cancel_scope);
     Py_DECREF(state);
-    PyTypeObject *st = aio.scope_type;
     int due = 0;
     while (scope != NULL && scope != Py_None) {
-        PyObject *v = slot_get(scope, st, aio.off_cancel_called, str_cancel_called);
-        int t = v == NULL ? -1 : v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
-        Py_XDECREF(v);
+        int t = slot_true(scope, &sl_cancel_called);
         if (t != 0) {
             due = t;
             break;
         }
-        v = slot_get(scope, st, aio.off_shield, str_shield);
-        t = v == NULL ? -1 : v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
-        Py_XDECREF(v);
+        t = slot_true(scope, &sl_shield);
         if (t != 0) {
             due = t < 0 ? -1 : 0;
             break;
         }
-        PyObject *parent = slot_get(scope, st, aio.off_parent_scope, str_parent_scope);
+        PyObject *parent = slot_get(scope, &sl_parent_scope);
         Py_DECREF(scope);
         scope = parent;
     }
@@ -1491,20 +1517,23 @@ aio_due(PyObject *task)
    the drain reschedules the task. */
 
 static struct {
-    PyObject *ctx, *var, *make_port, *task_type; /* strong */
+    PyObject *ctx, *var, *make_port, *task_type, *status_type, *runner_type; /* strong */
 } trio_;
+static Slot sl_runner, sl_cancel_status, sl_cancel_points, sl_eff_cancelled, sl_ki_pending,
+    sl_main_task, sl_locals;
 static PyObject *small_ints[2]; /* 0 and 1 */
 static PyObject *str_task, *str_runner, *str_locals, *str_cancel_status, *str_eff_cancelled,
     *str_ki_pending, *str_main_task, *str_cancel_points;
 
-/* aio_configure_trio(run_context, port_var, make_port, Task) */
+/* aio_configure_trio(run_context, port_var, make_port, Task, CancelStatus, Runner) */
 static PyObject *
 aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 4 || !PyCallable_Check(args[2]) || !PyType_Check(args[3]))
-        return PyErr_Format(PyExc_TypeError,
-                            "aio_configure_trio(run_context, port_var, make_port, Task)");
+    if (nargs != 6 || !PyCallable_Check(args[2]) || !PyType_Check(args[3]) ||
+        !PyType_Check(args[4]) || !PyType_Check(args[5]))
+        return PyErr_Format(PyExc_TypeError, "aio_configure_trio(run_context, port_var, "
+                                             "make_port, Task, CancelStatus, Runner)");
     static const struct {
         PyObject **s;
         const char *text;
@@ -1524,16 +1553,18 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(trio_.var, Py_NewRef(args[1]));
     Py_XSETREF(trio_.make_port, Py_NewRef(args[2]));
     Py_XSETREF(trio_.task_type, Py_NewRef(args[3]));
+    Py_XSETREF(trio_.status_type, Py_NewRef(args[4]));
+    Py_XSETREF(trio_.runner_type, Py_NewRef(args[5]));
+    PyTypeObject *task = (PyTypeObject *)trio_.task_type, *status = (PyTypeObject *)trio_.status_type,
+                 *runner = (PyTypeObject *)trio_.runner_type;
+    slot_locate(&sl_runner, task, str_runner);
+    slot_locate(&sl_cancel_status, task, str_cancel_status);
+    slot_locate(&sl_cancel_points, task, str_cancel_points);
+    slot_locate(&sl_eff_cancelled, status, str_eff_cancelled);
+    slot_locate(&sl_ki_pending, runner, str_ki_pending);
+    slot_locate(&sl_main_task, runner, str_main_task);
+    slot_locate(&sl_locals, runner, str_locals);
     Py_RETURN_NONE;
-}
-
-static int
-attr_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    int t = v == NULL ? -1 : PyObject_IsTrue(v);
-    Py_XDECREF(v);
-    return t;
 }
 
 /* 1 if trio's checkpoint_if_cancelled() would raise in `task` now, 0 if not (the cancel
@@ -1541,26 +1572,26 @@ attr_true(PyObject *obj, PyObject *name)
 static int
 trio_due(PyObject *task, PyObject *runner)
 {
-    PyObject *status = PyObject_GetAttr(task, str_cancel_status);
-    int t = status == NULL ? -1 : attr_true(status, str_eff_cancelled);
+    PyObject *status = slot_get(task, &sl_cancel_status);
+    int t = status == NULL ? -1 : slot_true(status, &sl_eff_cancelled);
     Py_XDECREF(status);
     if (t != 0)
         return t;
-    t = attr_true(runner, str_ki_pending);
+    t = slot_true(runner, &sl_ki_pending);
     if (t != 0) {
         if (t < 0)
             return -1;
-        PyObject *main = PyObject_GetAttr(runner, str_main_task);
+        PyObject *main = slot_get(runner, &sl_main_task);
         if (main == NULL)
             return -1;
         Py_DECREF(main);
         if (main == task)
             return 1;
     }
-    PyObject *n = PyObject_GetAttr(task, str_cancel_points);
+    PyObject *n = slot_get(task, &sl_cancel_points);
     PyObject *n1 = n ? PyNumber_Add(n, small_ints[1]) : NULL;
     Py_XDECREF(n);
-    t = n1 ? PyObject_SetAttr(task, str_cancel_points, n1) : -1;
+    t = n1 ? slot_set(task, &sl_cancel_points, n1) : -1;
     Py_XDECREF(n1);
     return t;
 }
@@ -1578,9 +1609,9 @@ trio_prologue(int always, PyObject **loop, PyObject **task, PyObject **port)
         PyErr_Clear();
         return 0;
     }
-    PyObject *runner = PyObject_GetAttr(*task, str_runner);
+    PyObject *runner = slot_get(*task, &sl_runner);
     int due = runner == NULL ? -1 : always ? 0 : trio_due(*task, runner);
-    PyObject *locals = due == 0 ? PyObject_GetAttr(runner, str_locals) : NULL;
+    PyObject *locals = due == 0 ? slot_get(runner, &sl_locals) : NULL;
     Py_XDECREF(runner);
     *port = NULL;
     if (locals != NULL) {
@@ -1608,7 +1639,7 @@ aio_cancel_due(PyObject *module, PyObject *task)
     (void)module;
     int due;
     if (trio_.task_type != NULL && Py_IS_TYPE(task, (PyTypeObject *)trio_.task_type)) {
-        PyObject *runner = PyObject_GetAttr(task, str_runner);
+        PyObject *runner = slot_get(task, &sl_runner);
         due = runner == NULL ? -1 : trio_due(task, runner);
         Py_XDECREF(runner);
     }
