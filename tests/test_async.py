@@ -755,6 +755,41 @@ async def test_a_map_and_unmap_leave_no_cycle_for_the_collector(holey_file: Path
     assert len(found) < 40, found[:20]  # 400 pairs: not one cycle each
 
 
+def test_trio_instruments_see_every_reschedule_of_a_job() -> None:
+    """On trio a finished job's task is rescheduled without trio's Python ``reschedule`` when
+    nothing watches; with an instrument for ``task_scheduled`` trio's own runs, so the
+    instrument sees each wake-up (here: each of 20 maps and 20 unmaps, the caller's wait off,
+    so each one parks its task), as it would for any trio primitive."""
+    import trio
+    import trio.abc
+
+    scheduled: list[object] = []
+
+    class Watch(trio.abc.Instrument):
+        def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+            scheduled.append(task)
+
+    async def main() -> int:
+        me = trio.lowlevel.current_task()
+        async with aiopmem.reserve(16 * MiB) as rsv:
+            watch = Watch()
+            trio.lowlevel.add_instrument(watch)
+            before = len(scheduled)
+            for _ in range(20):
+                m = await rsv.map_anonymous(0, P)
+                await m.unmap()
+            trio.lowlevel.remove_instrument(watch)
+            return sum(t is me for t in scheduled[before:])
+
+    old = _ffi.executor_stats()["wait"]
+    _ffi.executor_configure(None, None, None, 0.0)  # the caller's wait off: each job parks
+    try:
+        seen = trio.run(main)
+    finally:
+        _ffi.executor_configure(None, None, None, old)
+    assert seen >= 40, seen
+
+
 _TRIO_LAYOUT_SCRIPT = """
 import os, sys, tempfile, trio
 import aiopmem

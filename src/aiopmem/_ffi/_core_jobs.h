@@ -120,6 +120,7 @@ static void op_commit(struct OpObj *o);
 static PyObject *str_flush;
 static int wake_waiter(PyObject *waiter, PyObject *how, PyObject *job);
 static int check_how(PyObject *how);
+static int trio_reschedule(PyObject *task);
 
 #define OP_OF(j) ((OpObj *)((char *)(j) - offsetof(OpObj, job)))
 
@@ -1068,10 +1069,15 @@ port_drain(PortObj *p, PyObject *unused)
         p->inflight--; /* first: the task woken below may begin its next job at once */
         int rc = 0;
         if (p->self_await == SELF_TRIO && o->waiter != NULL) { /* resumed with send(None) */
-            PyObject *r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(p->how, 1), o->waiter,
-                                                       Py_None, NULL);
-            rc = r == NULL ? -1 : 0;
-            Py_XDECREF(r);
+            rc = trio_reschedule(o->waiter);
+            if (rc == 0) { /* trio's own reschedule */
+                PyObject *r = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(p->how, 1),
+                                                           o->waiter, Py_None, NULL);
+                rc = r == NULL ? -1 : 0;
+                Py_XDECREF(r);
+            }
+            else if (rc > 0)
+                rc = 0;
         }
         else if (p->self_await == SELF_ASYNCIO) {
             /* The awaiting task's wake-up, called here: the drain runs as a callback of the
@@ -1520,7 +1526,11 @@ static struct {
     PyObject *ctx, *var, *make_port, *task_type, *status_type, *runner_type; /* strong */
 } trio_;
 static Slot sl_runner, sl_cancel_status, sl_cancel_points, sl_eff_cancelled, sl_ki_pending,
-    sl_main_task, sl_locals;
+    sl_main_task, sl_locals, sl_coro, sl_next_send_fn, sl_next_send, sl_abort_func,
+    sl_custom_sleep_data, sl_runq, sl_is_guest, sl_instruments;
+static PyObject *str_coro, *str_next_send_fn, *str_next_send, *str_abort_func,
+    *str_custom_sleep_data, *str_runq, *str_is_guest, *str_instruments, *str_data, *str_send,
+    *str_append, *str_task_scheduled;
 static PyObject *small_ints[2]; /* 0 and 1 */
 static PyObject *str_task, *str_runner, *str_locals, *str_cancel_status, *str_eff_cancelled,
     *str_ki_pending, *str_main_task, *str_cancel_points;
@@ -1541,7 +1551,12 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         {&str_task, "task"}, {&str_runner, "_runner"}, {&str_locals, "_locals"},
         {&str_cancel_status, "_cancel_status"}, {&str_eff_cancelled, "effectively_cancelled"},
         {&str_ki_pending, "ki_pending"}, {&str_main_task, "main_task"},
-        {&str_cancel_points, "_cancel_points"},
+        {&str_cancel_points, "_cancel_points"}, {&str_coro, "coro"},
+        {&str_next_send_fn, "_next_send_fn"}, {&str_next_send, "_next_send"},
+        {&str_abort_func, "_abort_func"}, {&str_custom_sleep_data, "custom_sleep_data"},
+        {&str_runq, "runq"}, {&str_is_guest, "is_guest"}, {&str_instruments, "instruments"},
+        {&str_data, "data"}, {&str_send, "send"}, {&str_append, "append"},
+        {&str_task_scheduled, "task_scheduled"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].s == NULL && (*names[i].s = PyUnicode_InternFromString(names[i].text)) == NULL)
@@ -1564,7 +1579,84 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     slot_locate(&sl_ki_pending, runner, str_ki_pending);
     slot_locate(&sl_main_task, runner, str_main_task);
     slot_locate(&sl_locals, runner, str_locals);
+    slot_locate(&sl_coro, task, str_coro);
+    slot_locate(&sl_next_send_fn, task, str_next_send_fn);
+    slot_locate(&sl_next_send, task, str_next_send);
+    slot_locate(&sl_abort_func, task, str_abort_func);
+    slot_locate(&sl_custom_sleep_data, task, str_custom_sleep_data);
+    slot_locate(&sl_runq, runner, str_runq);
+    slot_locate(&sl_is_guest, runner, str_is_guest);
+    slot_locate(&sl_instruments, runner, str_instruments);
     Py_RETURN_NONE;
+}
+
+/* trio's Runner.reschedule(task, None), for a task of the configured trio that waits (its
+   _next_send_fn None) in a run with no instrument for task_scheduled and not a guest run with
+   an empty run queue (there trio also forces a guest tick): the same stores in the same order,
+   without a Python frame. 1 done, 0 not done (call trio's own), -1 an exception. */
+static int
+trio_reschedule(PyObject *task)
+{
+    if (trio_.task_type == NULL || !Py_IS_TYPE(task, (PyTypeObject *)trio_.task_type) ||
+        sl_next_send_fn.off < 0 || sl_runq.off < 0)
+        return 0;
+    PyObject *runner = slot_get(task, &sl_runner);
+    if (runner == NULL)
+        return -1;
+    int done = 0;
+    PyObject *fn = NULL, *ins = NULL, *data = NULL, *runq = NULL, *coro = NULL, *send = NULL;
+    if (!Py_IS_TYPE(runner, (PyTypeObject *)trio_.runner_type))
+        goto out;
+    if ((fn = slot_get(task, &sl_next_send_fn)) == NULL)
+        goto fail;
+    if (fn != Py_None) /* not waiting: trio's own asserts */
+        goto out;
+    if ((ins = slot_get(runner, &sl_instruments)) == NULL || (data = PyObject_GetAttr(ins, str_data)) == NULL)
+        goto fail;
+    if (!PyDict_CheckExact(data)) /* not the layout known here */
+        goto out;
+    int c = PyDict_Contains(data, str_task_scheduled);
+    if (c != 0) {
+        if (c < 0)
+            goto fail;
+        goto out;
+    }
+    if ((runq = slot_get(runner, &sl_runq)) == NULL)
+        goto fail;
+    Py_ssize_t n = PyObject_Length(runq);
+    if (n < 0)
+        goto fail;
+    if (n == 0) {
+        int g = slot_true(runner, &sl_is_guest);
+        if (g != 0) {
+            if (g < 0)
+                goto fail;
+            goto out;
+        }
+    }
+    if ((coro = slot_get(task, &sl_coro)) == NULL || (send = PyObject_GetAttr(coro, str_send)) == NULL)
+        goto fail;
+    if (slot_set(task, &sl_next_send_fn, send) < 0 || slot_set(task, &sl_next_send, Py_None) < 0 ||
+        slot_set(task, &sl_abort_func, Py_None) < 0 ||
+        slot_set(task, &sl_custom_sleep_data, Py_None) < 0)
+        goto fail;
+    PyObject *r = PyObject_CallMethodOneArg(runq, str_append, task);
+    if (r == NULL)
+        goto fail;
+    Py_DECREF(r);
+    done = 1;
+    goto out;
+fail:
+    done = -1;
+out:
+    Py_XDECREF(send);
+    Py_XDECREF(coro);
+    Py_XDECREF(runq);
+    Py_XDECREF(data);
+    Py_XDECREF(ins);
+    Py_XDECREF(fn);
+    Py_DECREF(runner);
+    return done;
 }
 
 /* 1 if trio's checkpoint_if_cancelled() would raise in `task` now, 0 if not (the cancel
