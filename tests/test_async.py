@@ -790,6 +790,48 @@ def test_trio_instruments_see_every_reschedule_of_a_job() -> None:
     assert seen >= 40, seen
 
 
+async def test_a_mapping_found_while_its_map_returns_has_one_face(holey_file: Path) -> None:
+    """A new mapping is findable once its job is committed, before its task resumes: a task
+    that looks it up in between and the task that mapped it must hold the same object, and
+    later lookups find that one."""
+    fd = os.open(holey_file, os.O_RDWR)
+    found: dict[int, set[int]] = {}
+    seen: list[aiopmem.Mapping] = []  # (kept alive: ids stay unique)
+    done = False
+    try:
+        async with checked_reservation() as rsv:
+
+            async def finder() -> None:
+                while not done:
+                    for slot in range(8):
+                        m = rsv.find(slot * MiB)
+                        if m is not None:
+                            seen.append(m)
+                            found.setdefault(slot, set()).add(id(m))
+                    await anyio.lowlevel.checkpoint()
+
+            async def mapper(slot: int, got: list[aiopmem.Mapping]) -> None:
+                got.append(await rsv.map_file(fd, slot * MiB, length=MiB))
+
+            got: list[aiopmem.Mapping] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(finder)
+                for _ in range(20):
+                    await anyio.lowlevel.checkpoint()
+                async with anyio.create_task_group() as maps:
+                    for slot in range(8):
+                        maps.start_soon(mapper, slot, got)
+                for _ in range(20):
+                    await anyio.lowlevel.checkpoint()
+                done = True
+            for m in got:
+                assert rsv.find(m.offset) is m
+                assert found.get(m.offset // MiB, set()) <= {id(m)}, "a second face was made"
+                await m.unmap()
+    finally:
+        os.close(fd)
+
+
 _TRIO_LAYOUT_SCRIPT = """
 import os, sys, tempfile, trio
 import aiopmem

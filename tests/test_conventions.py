@@ -4,6 +4,7 @@ distinct names for the sync and async classes (issue 9, items 10-13)."""
 from __future__ import annotations
 
 import gc
+import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -135,6 +136,35 @@ async def test_an_opening_never_awaited_warns(what: str, tmp_path: Any) -> None:
             opening.close()  # closed explicitly, as a coroutine can be: no warning
             del opening
             gc.collect()
+
+
+def test_an_opening_drives_as_a_coroutine() -> None:
+    """An Opening driven by hand is its coroutine: send() passes its value as it is (a tuple
+    too), close() returns None, and the never-awaited warning names the line that dropped it."""
+    import types
+
+    from aiopmem import Opening
+
+    @types.coroutine
+    def pause() -> Any:
+        return (yield "paused")
+
+    async def body() -> Any:
+        return await pause()
+
+    opening: Any = Opening(body, (), "body()")
+    assert opening.send(None) == "paused"
+    with pytest.raises(StopIteration) as stop:
+        opening.send((1, 2))
+    assert stop.value.value == (1, 2)
+    started: Any = Opening(body, (), "body()")
+    assert started.send(None) == "paused"
+    assert started.close() is None
+    dropped: Any = Opening(body, (), "body()")
+    line = sys._getframe().f_lineno + 2
+    with pytest.warns(RuntimeWarning, match=r"body\(\) was never awaited") as record:
+        del dropped
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
 
 
 def _drop(make: Callable[[], object]) -> None:

@@ -250,7 +250,8 @@ class Reservation(metaclass=NoPublicConstructor):
                 await cancelled_job(job.waiter, job, _unmap_facade, partial(self._fd_mapped, given))
                 raise
             if type(r) is _MAPPING:
-                facade = facade_of(r, self)
+                # (its face: a lookup may have made it already, between the commit and now)
+                facade: Mapping = r._facade or facade_of(r, self)  # type: ignore[assignment]
             else:  # the error
                 given = (file, offset, length, file_offset, protection, sharing)
                 facade = self._fd_mapped(given, r)

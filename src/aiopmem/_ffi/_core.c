@@ -155,7 +155,9 @@ PyInit__core(void)
         return NULL;
     str_flush = PyUnicode_InternFromString("flush");
     str_await_ = PyUnicode_InternFromString("__await__");
-    if (str_flush == NULL || str_await_ == NULL)
+    str_send_ = PyUnicode_InternFromString("send");
+    str_close_ = PyUnicode_InternFromString("close");
+    if (str_flush == NULL || str_await_ == NULL || str_send_ == NULL || str_close_ == NULL)
         return NULL;
     str_call_soon = PyUnicode_InternFromString("call_soon");
     str_context = PyUnicode_InternFromString("context");

@@ -1393,8 +1393,10 @@ slot_locate(Slot *s, PyTypeObject *tp, PyObject *name)
     s->tp = tp;
     s->off = -1;
     s->name = name;
-    PyObject *d = tp == NULL ? NULL : PyDict_GetItemWithError(tp->tp_dict, name); /* borrowed */
-    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+    PyObject *d = tp == NULL || tp->tp_dict == NULL ? NULL
+                                                     : PyDict_GetItemWithError(tp->tp_dict, name);
+    /* (borrowed; a member of tp's own, not one borrowed from another class) */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) || PyDescr_TYPE(d) != tp) {
         PyErr_Clear();
         return;
     }

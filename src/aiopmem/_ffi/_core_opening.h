@@ -17,7 +17,7 @@ typedef struct {
     PyObject *name;
 } OpeningObj;
 
-static PyObject *str_await_, *warnings_warn;
+static PyObject *str_await_, *str_send_, *str_close_, *warnings_warn;
 
 static PyObject *
 opening_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -45,6 +45,7 @@ opening_traverse(OpeningObj *o, visitproc visit, void *arg)
     Py_VISIT(o->factory);
     Py_VISIT(o->args);
     Py_VISIT(o->coro);
+    Py_VISIT(o->name);
     return 0;
 }
 
@@ -71,7 +72,8 @@ opening_finalize(OpeningObj *o)
         Py_XDECREF(mod);
     }
     PyObject *msg = PyUnicode_FromFormat("%U was never awaited", o->name);
-    PyObject *kw = msg ? Py_BuildValue("{sisO}", "stacklevel", 2, "source", (PyObject *)o) : NULL;
+    /* stacklevel 1: a C finalizer has no frame of its own (a Python __del__'s level 2). */
+    PyObject *kw = msg ? Py_BuildValue("{sisO}", "stacklevel", 1, "source", (PyObject *)o) : NULL;
     PyObject *a = kw ? PyTuple_Pack(2, msg, PyExc_RuntimeWarning) : NULL;
     PyObject *r = a && warnings_warn ? PyObject_Call(warnings_warn, a, kw) : NULL;
     if (r == NULL)
@@ -138,7 +140,7 @@ static PyObject *
 opening_send(OpeningObj *o, PyObject *value)
 {
     PyObject *coro = opening_started(o);
-    return coro == NULL ? NULL : PyObject_CallMethod(coro, "send", "O", value);
+    return coro == NULL ? NULL : PyObject_CallMethodOneArg(coro, str_send_, value);
 }
 
 static PyObject *
@@ -158,8 +160,12 @@ opening_close(OpeningObj *o, PyObject *unused)
 {
     (void)unused;
     Py_CLEAR(o->factory);
-    if (o->coro != NULL)
-        return PyObject_CallMethod(o->coro, "close", NULL);
+    if (o->coro != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(o->coro, str_close_);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r); /* (None, as the coroutine's close() was) */
+    }
     Py_RETURN_NONE;
 }
 
