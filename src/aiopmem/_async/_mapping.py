@@ -291,8 +291,12 @@ class Mapping(metaclass=NoPublicConstructor):
 
 
 def facade_of(core: CoreMapping, rsv: Reservation) -> Mapping:
-    """The async face of ``core``, made once (the core keeps it until it is unmapped), without
-    the metaclass's ``_create``: this is on the path of every async map."""
+    """The async face of ``core``: the one it keeps (until it is unmapped), else one made now,
+    without the metaclass's ``_create`` (this is on the path of every async map). One face per
+    mapping: a lookup may make it between a map's commit and its task's resumption."""
+    face = core._facade
+    if face is not None:
+        return face  # type: ignore[return-value]
     m: Mapping = _new(Mapping)
     m._core = core
     m._rsv = rsv

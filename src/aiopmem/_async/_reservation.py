@@ -129,12 +129,7 @@ class Reservation(metaclass=NoPublicConstructor):
     # -- lookups (plain) -----------------------------------------------------------------------
 
     def _wrap(self, core: _core.Mapping | None) -> Mapping | None:
-        if core is None:
-            return None
-        facade = core._facade
-        if facade is None:
-            facade = facade_of(core, self)
-        return facade  # type: ignore[return-value]
+        return None if core is None else facade_of(core, self)
 
     def find(self, offset: int, length: int = 0) -> Mapping | None:
         """The lowest mapping intersecting ``[offset, offset+length)``; with ``length == 0``
@@ -250,8 +245,7 @@ class Reservation(metaclass=NoPublicConstructor):
                 await cancelled_job(job.waiter, job, _unmap_facade, partial(self._fd_mapped, given))
                 raise
             if type(r) is _MAPPING:
-                # (its face: a lookup may have made it already, between the commit and now)
-                facade: Mapping = r._facade or facade_of(r, self)  # type: ignore[assignment]
+                facade = facade_of(r, self)
             else:  # the error
                 given = (file, offset, length, file_offset, protection, sharing)
                 facade = self._fd_mapped(given, r)

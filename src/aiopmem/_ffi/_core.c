@@ -155,9 +155,13 @@ PyInit__core(void)
         return NULL;
     str_flush = PyUnicode_InternFromString("flush");
     str_await_ = PyUnicode_InternFromString("__await__");
-    str_send_ = PyUnicode_InternFromString("send");
+    small_ints[0] = PyLong_FromLong(0);
+    small_ints[1] = PyLong_FromLong(1);
+    if (small_ints[0] == NULL || small_ints[1] == NULL)
+        return NULL;
+    str_send = PyUnicode_InternFromString("send");
     str_close_ = PyUnicode_InternFromString("close");
-    if (str_flush == NULL || str_await_ == NULL || str_send_ == NULL || str_close_ == NULL)
+    if (str_flush == NULL || str_await_ == NULL || str_send == NULL || str_close_ == NULL)
         return NULL;
     str_call_soon = PyUnicode_InternFromString("call_soon");
     str_context = PyUnicode_InternFromString("context");

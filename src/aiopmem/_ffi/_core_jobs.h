@@ -1377,7 +1377,6 @@ static struct {
     PyObject *loop_ref, *port_ref;                          /* the last loop and its port, weakly */
     PyTypeObject *scope_type, *state_type; /* anyio's CancelScope and TaskState (strong) */
 } aio;
-static PyObject *str_cancel_scope, *str_cancel_called, *str_shield, *str_parent_scope;
 
 /* An attribute read (and written) straight from its slot when the object is exactly of the
    type whose __slots__ member it is (located once: slot_locate), else by name. */
@@ -1387,22 +1386,29 @@ typedef struct {
     PyObject *name;
 } Slot;
 
-static void
-slot_locate(Slot *s, PyTypeObject *tp, PyObject *name)
+/* Locate the slot `name` of `tp` (None or a type without it: by name only); 0, or -1 with an
+   exception (out of memory). */
+static int
+slot_locate(Slot *s, PyTypeObject *tp, const char *name)
 {
+    PyObject *interned = PyUnicode_InternFromString(name);
+    if (interned == NULL)
+        return -1;
+    Py_XSETREF(s->name, interned);
     s->tp = tp;
     s->off = -1;
-    s->name = name;
-    PyObject *d = tp == NULL || tp->tp_dict == NULL ? NULL
-                                                     : PyDict_GetItemWithError(tp->tp_dict, name);
+    PyObject *d = tp == NULL || tp->tp_dict == NULL
+                      ? NULL
+                      : PyDict_GetItemWithError(tp->tp_dict, interned);
     /* (borrowed; a member of tp's own, not one borrowed from another class) */
     if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type) || PyDescr_TYPE(d) != tp) {
         PyErr_Clear();
-        return;
+        return 0;
     }
     PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
     if ((m->type == T_OBJECT_EX || m->type == T_OBJECT) && !(m->flags & READONLY))
         s->off = m->offset;
+    return 0;
 }
 
 /* obj.<name>, a new reference. */
@@ -1452,26 +1458,19 @@ aio_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         (args[4] != Py_None && !PyType_Check(args[4])) || (args[5] != Py_None && !PyType_Check(args[5])))
         return PyErr_Format(PyExc_TypeError, "aio_configure(get_running_loop, current_task, "
                                              "states, make_port, CancelScope, TaskState)");
-    if (str_cancel_scope == NULL) {
-        str_cancel_scope = PyUnicode_InternFromString("cancel_scope");
-        str_cancel_called = PyUnicode_InternFromString("_cancel_called");
-        str_shield = PyUnicode_InternFromString("_shield");
-        str_parent_scope = PyUnicode_InternFromString("_parent_scope");
-        if (!str_cancel_scope || !str_cancel_called || !str_shield || !str_parent_scope)
-            return NULL;
-    }
     Py_XSETREF(aio.get_loop, Py_NewRef(args[0]));
     Py_XSETREF(aio.current_task, Py_NewRef(args[1]));
     Py_XSETREF(aio.states, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
     Py_XSETREF(aio.make_port, Py_NewRef(args[3]));
     Py_XSETREF(aio.scope_type, args[4] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[4]));
     Py_XSETREF(aio.state_type, args[5] == Py_None ? NULL : (PyTypeObject *)Py_NewRef(args[5]));
-    slot_locate(&sl_cancel_scope, aio.state_type, str_cancel_scope);
-    slot_locate(&sl_cancel_called, aio.scope_type, str_cancel_called);
-    slot_locate(&sl_shield, aio.scope_type, str_shield);
-    slot_locate(&sl_parent_scope, aio.scope_type, str_parent_scope);
     Py_CLEAR(aio.loop_ref);
     Py_CLEAR(aio.port_ref);
+    if (slot_locate(&sl_cancel_scope, aio.state_type, "cancel_scope") < 0 ||
+        slot_locate(&sl_cancel_called, aio.scope_type, "_cancel_called") < 0 ||
+        slot_locate(&sl_shield, aio.scope_type, "_shield") < 0 ||
+        slot_locate(&sl_parent_scope, aio.scope_type, "_parent_scope") < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1530,12 +1529,9 @@ static struct {
 static Slot sl_runner, sl_cancel_status, sl_cancel_points, sl_eff_cancelled, sl_ki_pending,
     sl_main_task, sl_locals, sl_coro, sl_next_send_fn, sl_next_send, sl_abort_func,
     sl_custom_sleep_data, sl_runq, sl_is_guest, sl_instruments;
-static PyObject *str_coro, *str_next_send_fn, *str_next_send, *str_abort_func,
-    *str_custom_sleep_data, *str_runq, *str_is_guest, *str_instruments, *str_data, *str_send,
-    *str_append, *str_task_scheduled;
-static PyObject *small_ints[2]; /* 0 and 1 */
-static PyObject *str_task, *str_runner, *str_locals, *str_cancel_status, *str_eff_cancelled,
-    *str_ki_pending, *str_main_task, *str_cancel_points;
+static PyObject *small_ints[2]; /* 0 and 1 (made at import) */
+static PyObject *str_task, *str_data, *str_append, *str_task_scheduled;
+static PyObject *str_send; /* (interned at import: OpeningBase's too) */
 
 /* aio_configure_trio(run_context, port_var, make_port, Task, CancelStatus, Runner) */
 static PyObject *
@@ -1550,21 +1546,11 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyObject **s;
         const char *text;
     } names[] = {
-        {&str_task, "task"}, {&str_runner, "_runner"}, {&str_locals, "_locals"},
-        {&str_cancel_status, "_cancel_status"}, {&str_eff_cancelled, "effectively_cancelled"},
-        {&str_ki_pending, "ki_pending"}, {&str_main_task, "main_task"},
-        {&str_cancel_points, "_cancel_points"}, {&str_coro, "coro"},
-        {&str_next_send_fn, "_next_send_fn"}, {&str_next_send, "_next_send"},
-        {&str_abort_func, "_abort_func"}, {&str_custom_sleep_data, "custom_sleep_data"},
-        {&str_runq, "runq"}, {&str_is_guest, "is_guest"}, {&str_instruments, "instruments"},
-        {&str_data, "data"}, {&str_send, "send"}, {&str_append, "append"},
+        {&str_task, "task"}, {&str_data, "data"}, {&str_append, "append"},
         {&str_task_scheduled, "task_scheduled"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].s == NULL && (*names[i].s = PyUnicode_InternFromString(names[i].text)) == NULL)
-            return NULL;
-    for (int i = 0; i < 2; i++)
-        if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL)
             return NULL;
     Py_XSETREF(trio_.ctx, Py_NewRef(args[0]));
     Py_XSETREF(trio_.var, Py_NewRef(args[1]));
@@ -1574,21 +1560,23 @@ aio_configure_trio(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(trio_.runner_type, Py_NewRef(args[5]));
     PyTypeObject *task = (PyTypeObject *)trio_.task_type, *status = (PyTypeObject *)trio_.status_type,
                  *runner = (PyTypeObject *)trio_.runner_type;
-    slot_locate(&sl_runner, task, str_runner);
-    slot_locate(&sl_cancel_status, task, str_cancel_status);
-    slot_locate(&sl_cancel_points, task, str_cancel_points);
-    slot_locate(&sl_eff_cancelled, status, str_eff_cancelled);
-    slot_locate(&sl_ki_pending, runner, str_ki_pending);
-    slot_locate(&sl_main_task, runner, str_main_task);
-    slot_locate(&sl_locals, runner, str_locals);
-    slot_locate(&sl_coro, task, str_coro);
-    slot_locate(&sl_next_send_fn, task, str_next_send_fn);
-    slot_locate(&sl_next_send, task, str_next_send);
-    slot_locate(&sl_abort_func, task, str_abort_func);
-    slot_locate(&sl_custom_sleep_data, task, str_custom_sleep_data);
-    slot_locate(&sl_runq, runner, str_runq);
-    slot_locate(&sl_is_guest, runner, str_is_guest);
-    slot_locate(&sl_instruments, runner, str_instruments);
+    const struct {
+        Slot *slot;
+        PyTypeObject *tp;
+        const char *name;
+    } slots[] = {
+        {&sl_runner, task, "_runner"}, {&sl_cancel_status, task, "_cancel_status"},
+        {&sl_cancel_points, task, "_cancel_points"}, {&sl_coro, task, "coro"},
+        {&sl_next_send_fn, task, "_next_send_fn"}, {&sl_next_send, task, "_next_send"},
+        {&sl_abort_func, task, "_abort_func"}, {&sl_custom_sleep_data, task, "custom_sleep_data"},
+        {&sl_eff_cancelled, status, "effectively_cancelled"},
+        {&sl_ki_pending, runner, "ki_pending"}, {&sl_main_task, runner, "main_task"},
+        {&sl_locals, runner, "_locals"}, {&sl_runq, runner, "runq"},
+        {&sl_is_guest, runner, "is_guest"}, {&sl_instruments, runner, "instruments"},
+    };
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+        if (slot_locate(slots[i].slot, slots[i].tp, slots[i].name) < 0)
+            return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1963,12 +1951,6 @@ aio_map_fd(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (r < 0)
             return NULL;
         Py_RETURN_NONE;
-    }
-    if (small_ints[1] == NULL) {
-        if (small_ints[0] == NULL && (small_ints[0] = PyLong_FromLong(0)) == NULL)
-            return aio_begun(NULL, loop, task, port);
-        if ((small_ints[1] = PyLong_FromLong(1)) == NULL)
-            return aio_begun(NULL, loop, task, port);
     }
     /* _map_job(port, waiter, cls, offset, length, bits, kind, fd, file_offset, dev,
        protection, sharing, file, check_fd, owned) */

@@ -17,7 +17,7 @@ typedef struct {
     PyObject *name;
 } OpeningObj;
 
-static PyObject *str_await_, *str_send_, *str_close_, *warnings_warn;
+static PyObject *str_await_, *str_close_, *warnings_warn;
 
 static PyObject *
 opening_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -140,7 +140,7 @@ static PyObject *
 opening_send(OpeningObj *o, PyObject *value)
 {
     PyObject *coro = opening_started(o);
-    return coro == NULL ? NULL : PyObject_CallMethodOneArg(coro, str_send_, value);
+    return coro == NULL ? NULL : PyObject_CallMethodOneArg(coro, str_send, value);
 }
 
 static PyObject *
